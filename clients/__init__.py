@@ -1,0 +1,1 @@
+"""What happens on a client: pure torch, no flwr import."""

@@ -1,0 +1,1 @@
+"""fedlab: the Flower app and its glue."""

@@ -1,0 +1,288 @@
+"""The one place that reads, validates and converts configuration.
+
+Config flows one way: Hydra composes ``conf/`` + overrides into a nested dict -> :func:`flatten`
+turns it into Flower's flat run_config (dotted keys, scalar values) -> :func:`parse` validates it
+into a frozen :class:`Config`. The ServerApp and the ClientApp call :func:`parse` on
+``context.run_config``; nothing else reads raw keys.
+
+Strategy-specific keys (``strategy.*`` other than ``name``) are validated by the ``Params``
+dataclass that the strategy registers (see ``strategies/__init__.py``), through the same
+:func:`build` helper, so adding a strategy does not touch this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Scalar = bool | int | float | str
+
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
+SOURCES = ("auto", "local", "hub")
+PARTITIONS = ("iid", "dirichlet", "pathological", "label_split", "shard")
+MODELS = ("lenet5", "cnn64")
+OPTIMIZERS = ("sgd",)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key, the value and what is allowed."""
+
+
+def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise :class:`ConfigError` ``"<key>=<value> is invalid: allowed <allowed>"`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid; allowed: {allowed}")
+
+
+def check_choice(key: str, value: Any, choices: Iterable[str]) -> None:
+    """Raise unless ``value`` is one of ``choices``."""
+    choices = tuple(choices)
+    check(value in choices, key, value, "one of " + ", ".join(choices))
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class DatasetCfg:
+    name: str = "fashion_mnist"
+    source: str = "auto"
+    data_dir: str = ""
+    val_fraction: float = 0.0
+    limit_train: int = 0
+
+    def validate(self, p: str) -> None:
+        check_choice(f"{p}.name", self.name, DATASETS)
+        check_choice(f"{p}.source", self.source, SOURCES)
+        check(0.0 <= self.val_fraction < 1.0, f"{p}.val_fraction", self.val_fraction, "0 <= x < 1")
+        check(self.limit_train >= 0, f"{p}.limit_train", self.limit_train, "0 (all) or a positive count")
+
+
+@dataclass(frozen=True)
+class PartitionCfg:
+    name: str = "iid"
+    alpha: float = 0.5
+    classes_per_client: int = 2
+    shards_per_client: int = 2
+    min_size: int = 1
+
+    def validate(self, p: str) -> None:
+        check_choice(f"{p}.name", self.name, PARTITIONS)
+        check(self.alpha > 0 and math.isfinite(self.alpha), f"{p}.alpha", self.alpha, "a finite number > 0")
+        check(self.classes_per_client >= 1, f"{p}.classes_per_client", self.classes_per_client, "an integer >= 1")
+        check(self.shards_per_client >= 1, f"{p}.shards_per_client", self.shards_per_client, "an integer >= 1")
+        check(self.min_size >= 0, f"{p}.min_size", self.min_size, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    name: str = "lenet5"
+    batchnorm: bool = False
+    dropout: float = 0.0
+
+    def validate(self, p: str) -> None:
+        check_choice(f"{p}.name", self.name, MODELS)
+        check(0.0 <= self.dropout < 1.0, f"{p}.dropout", self.dropout, "0 <= p < 1")
+
+
+@dataclass(frozen=True)
+class OptimizerCfg:
+    name: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    def validate(self, p: str) -> None:
+        check_choice(f"{p}.name", self.name, OPTIMIZERS)
+        check(0.0 <= self.momentum < 1.0, f"{p}.momentum", self.momentum, "0 <= momentum < 1")
+        check(not self.nesterov or self.momentum > 0, f"{p}.nesterov", self.nesterov, "false when momentum is 0")
+        check(self.weight_decay >= 0.0, f"{p}.weight_decay", self.weight_decay, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class ClientCfg:
+    local_epochs: int = 1
+    local_steps: int = 0
+    batch_size: int = 32
+    lr: float = 0.05
+
+    def validate(self, p: str) -> None:
+        check(self.local_epochs >= 1, f"{p}.local_epochs", self.local_epochs, "an integer >= 1")
+        check(self.local_steps >= 0, f"{p}.local_steps", self.local_steps, "0 (use epochs) or an integer >= 1")
+        check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "an integer >= 1")
+        check(self.lr > 0 and math.isfinite(self.lr), f"{p}.lr", self.lr, "a finite number > 0")
+
+
+@dataclass(frozen=True)
+class StrategyCfg:
+    name: str = "fedavg"
+    params: Any = None  # the strategy's own frozen Params dataclass, validated by its builder
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    every: int = 1
+    batch_size: int = 1024
+    fraction_clients: float = 0.0
+
+    def validate(self, p: str) -> None:
+        check(self.every >= 1, f"{p}.every", self.every, "an integer >= 1")
+        check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "an integer >= 1")
+        check(0.0 <= self.fraction_clients <= 1.0, f"{p}.fraction_clients", self.fraction_clients, "0 <= x <= 1")
+
+
+@dataclass(frozen=True)
+class SimCfg:
+    cpus_per_client: float = 1.0
+    threads_per_client: int = 1
+
+    def validate(self, p: str) -> None:
+        check(self.cpus_per_client > 0, f"{p}.cpus_per_client", self.cpus_per_client, "a number > 0")
+        check(self.threads_per_client >= 1, f"{p}.threads_per_client", self.threads_per_client, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: DatasetCfg
+    partition: PartitionCfg
+    model: ModelCfg
+    optimizer: OptimizerCfg
+    client: ClientCfg
+    strategy: StrategyCfg
+    eval: EvalCfg
+    sim: SimCfg
+    seed: int = 0
+    num_clients: int = 10
+    rounds: int = 5
+    out_dir: str = ""
+    resume: str = "false"
+    checkpoint_every: int = 1
+    verbose: bool = False
+
+    def validate(self, p: str = "") -> None:
+        check(self.num_clients >= 1, "num_clients", self.num_clients, "an integer >= 1")
+        check(self.rounds >= 1, "rounds", self.rounds, "an integer >= 1")
+        check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        check(bool(self.resume), "resume", self.resume, '"false", "true" or the path of a run directory')
+        if self.partition.name == "label_split":
+            check(self.num_clients <= 10 or self.dataset.name == "cifar100", "num_clients", self.num_clients,
+                  "at most the number of classes (10) with partition=label_split")
+
+    @property
+    def resume_requested(self) -> bool:
+        """Whether the run should continue from a checkpoint."""
+        return self.resume.lower() != "false"
+
+
+SECTIONS = {"dataset": DatasetCfg, "partition": PartitionCfg, "model": ModelCfg, "optimizer": OptimizerCfg,
+            "client": ClientCfg, "eval": EvalCfg, "sim": SimCfg}
+
+
+# ----------------------------------------------------------------------------- conversion
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
+    """Flatten a nested mapping into Flower's run_config form: ``{"client.lr": 0.05, ...}``."""
+    flat: dict[str, Scalar] = {}
+    for key, value in nested.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name))
+        elif value is None:
+            raise ConfigError(f"{name}=None is invalid; run-config values must be bool, int, float or str")
+        elif isinstance(value, Scalar):
+            flat[name] = value
+        else:
+            raise ConfigError(f"{name}={value!r} is invalid; run-config values must be scalars (lists travel as strings)")
+    return flat
+
+
+def unflatten(flat: Mapping[str, Scalar]) -> dict[str, Any]:
+    """Inverse of :func:`flatten`."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check ``value`` against the annotation ``typ`` (int accepted for float; bool/str normalized for resume)."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is str and isinstance(value, bool):  # Hydra parses resume=true as a bool
+        return str(value).lower()
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))
+    check(ok, key, value, f"a value of type {typ.__name__}")
+    return value
+
+
+def build(cls: type, raw: Mapping[str, Any], prefix: str, strict: bool = True) -> Any:
+    """Build the frozen dataclass ``cls`` from ``raw``, checking types and calling ``validate(prefix)``.
+
+    Parameters
+    ----------
+    cls : type
+        A dataclass whose fields have plain ``bool/int/float/str`` annotations.
+    raw : Mapping
+        Values by field name. Missing fields take the dataclass default.
+    prefix : str
+        Dotted key prefix used in error messages (``"client"`` -> ``client.lr=...``).
+    strict : bool
+        Refuse keys that are not fields (typos) when True; ignore them when False.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    if strict:
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+            raise ConfigError(f"unknown config key {key!r}; known keys under {prefix or 'the top level'}: "
+                              + ", ".join(sorted(names)))
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            values[f.name] = _coerce(key, raw[f.name], hints[f.name])
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate(prefix)
+    return obj
+
+
+def parse(run_config: Mapping[str, Scalar], strict: bool = True) -> Config:
+    """Validate a flat run_config (or a nested dict) into a :class:`Config`.
+
+    ``strict=False`` ignores keys the chosen strategy does not use: Flower's run_config declares
+    the union of every strategy's keys (pyproject), while Hydra passes only the chosen group's.
+    """
+    from strategies import REGISTRY  # late import: strategies import flwr
+
+    nested = unflatten(run_config) if any("." in k for k in run_config) else dict(run_config)
+    sections = {name: build(cls, nested.get(name, {}), name) for name, cls in SECTIONS.items()}
+    strat_raw = dict(nested.get("strategy", {}))
+    name = strat_raw.pop("name", "fedavg")
+    check_choice("strategy.name", name, sorted(REGISTRY))
+    params = build(REGISTRY[name].Params, strat_raw, "strategy", strict=strict)
+    top = {k: v for k, v in nested.items() if not isinstance(v, Mapping)}
+    return build(Config, {**top, **sections, "strategy": StrategyCfg(name, params)}, "")
+
+
+def to_nested(cfg: Config) -> dict[str, Any]:
+    """A :class:`Config` as a nested dict of scalars (what ``config.yaml`` in a run dir holds)."""
+    out = dataclasses.asdict(cfg)
+    strategy = {"name": cfg.strategy.name, **dataclasses.asdict(cfg.strategy.params)}
+    out["strategy"] = strategy
+    return out
+
+
+def to_run_config(cfg: Config) -> dict[str, Scalar]:
+    """A :class:`Config` as Flower's flat run_config."""
+    return flatten(to_nested(cfg))
+

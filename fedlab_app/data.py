@@ -1,0 +1,321 @@
+"""Image data sets as uint8 arrays: local files first, a dataset hub when reachable, cached.
+
+``load_dataset(name)`` returns an ``ImageData`` with x (N, C, H, W) uint8 and y (N,) int64.
+Local sources: the four original IDX files for ``fashion_mnist``/``mnist`` (``.gz`` or raw);
+``cifar10_jpeg.npz`` (the offline JPEG copy, see shared/data/README.md) or the original
+``cifar-10-batches-py`` directory for ``cifar10``. ``cifar100`` comes from the hub only.
+Decoded arrays are cached in ``$FEDLAB_CACHE_DIR`` (default ``~/.cache/fedlab``) as one
+uncompressed ``.npz`` per data set and source fingerprint, and in memory per process.
+Partitioning lives in ``fedlab_app.partition`` (re-exported here).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedlab_app.partition import (PARTITIONERS, label_counts, partition_indices,  # noqa: F401
+                                  plot_label_distribution, train_val_split)
+
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
+SOURCES = ("auto", "local", "hub")
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+# Places searched after data_dir and $FEDLAB_DATA_DIR (tests may patch this).
+DEFAULT_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"],
+                "mnist": ["/usr/share/datasets/mnist"],
+                "cifar10": [str(_REPO_ROOT / "shared" / "data"),
+                            str(_REPO_ROOT.parent / "shared" / "data")],
+                "cifar100": []}
+_SUBDIR = {"fashion_mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "", "cifar100": ""}
+# name -> (hub id, image column, label column)
+HUB = {"fashion_mnist": ("zalando-datasets/fashion_mnist", "image", "label"),
+       "mnist": ("ylecun/mnist", "image", "label"),
+       "cifar10": ("uoft-cs/cifar10", "img", "label"),
+       "cifar100": ("uoft-cs/cifar100", "img", "fine_label")}
+_HOWTO = {
+    "fashion_mnist": "`apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu), or put the four "
+                     "IDX files in a directory given as data_dir or in $FEDLAB_DATA_DIR/fashion-mnist",
+    "mnist": "put the four MNIST IDX files (train-images-idx3-ubyte.gz, ...) in a directory given "
+             "as data_dir or in $FEDLAB_DATA_DIR/mnist",
+    "cifar10": "put cifar10_jpeg.npz or the extracted cifar-10-batches-py/ directory (from "
+               "cifar-10-python.tar.gz) in data_dir, $FEDLAB_DATA_DIR or shared/data/",
+    "cifar100": "CIFAR-100 has no offline copy",
+}
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+_CACHE_VERSION = 1
+_CACHE_KEYS = ("x_train", "y_train", "x_test", "y_test", "mean", "std", "num_classes")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No local copy of the data set was found and the hub was not tried or failed."""
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A labelled image data set held in memory (arrays are read-only; copy to modify)."""
+
+    x_train: np.ndarray = field(repr=False)  # uint8 (N, C, H, W)
+    y_train: np.ndarray = field(repr=False)  # int64 (N,)
+    x_test: np.ndarray = field(repr=False)   # uint8 (M, C, H, W)
+    y_test: np.ndarray = field(repr=False)   # int64 (M,)
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, of x_train / 255
+    std: tuple[float, ...]
+    name: str
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (``.gz`` or raw) into a numpy array.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        File in the IDX format: two zero bytes, a dtype code, the number of dimensions, then
+        one big-endian uint32 per dimension, then the data.
+
+    Returns
+    -------
+    np.ndarray
+        Array with the stored shape, in native byte order.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()})")
+    ndim, dtype = raw[3], np.dtype(_IDX_DTYPES[raw[2]])
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
+    expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(f"{path}: IDX header says {shape} ({expected} bytes), file has {len(raw)}")
+    return np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _read_idx_dir(files: list[Path]):
+    xtr, ytr, xte, yte = arrays = [read_idx(f) for f in files]
+    for f, a, dims in zip(files, arrays, (3, 1, 3, 1)):  # magic 2051 images, 2049 labels
+        if a.ndim != dims or a.dtype != np.uint8:
+            raise ValueError(f"{f}: expected IDX magic {0x800 + dims} (uint8, {dims}-D), "
+                             f"got {a.dtype} {a.shape}")
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise ValueError(f"{files[0].parent}: image and label counts differ")
+    return xtr[:, None], ytr.astype(np.int64), xte[:, None], yte.astype(np.int64)
+
+
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    if len(offsets) < 2:
+        raise ValueError("no JPEG images in the npz")
+    out = None
+    for i in range(len(offsets) - 1):
+        with Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())) as im:
+            a = np.asarray(im.convert("RGB"))  # (H, W, 3)
+        if out is None:
+            out = np.empty((len(offsets) - 1,) + a.shape, np.uint8)
+        out[i] = a
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))  # (N, 3, H, W)
+
+
+def _read_cifar_npz(path):
+    """(x_train, y_train, x_test, y_test) from the JPEG copy (shared/data/README.md): ~6 s."""
+    with np.load(path, allow_pickle=False) as z:
+        return tuple(a for s in ("train", "test") for a in (
+            _decode_jpegs(z[f"{s}_jpeg"], z[f"{s}_offsets"]), z[f"{s}_labels"].astype(np.int64)))
+
+
+def _read_cifar_batches(directory):
+    """(x_train, y_train, x_test, y_test) from ``cifar-10-batches-py`` (pickles: trusted only)."""
+    xs, ys = [], []
+    for b in _CIFAR_BATCHES:
+        with open(Path(directory) / b, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(d[b"labels"], np.int64))
+    return np.concatenate(xs[:5]), np.concatenate(ys[:5]), xs[5], ys[5]
+
+
+def hf_to_arrays(ds, image_key: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Convert a Hugging Face dataset of PIL images to uint8 arrays.
+
+    Parameters
+    ----------
+    ds : datasets.Dataset
+        Rows with a PIL image column and an integer label column.
+    image_key, label_key : str
+        Column names.
+
+    Returns
+    -------
+    tuple[np.ndarray, np.ndarray]
+        ``x`` uint8 (N, C, H, W) with C = 1 if the first image is grayscale ("L"), else 3
+        (every image is converted to that mode), and ``y`` int64 (N,).
+    """
+    if len(ds) == 0:
+        raise ValueError("hf_to_arrays: the dataset is empty")
+    mode = "L" if ds[0][image_key].mode in ("L", "1") else "RGB"
+    rows = []
+    for batch in ds.iter(batch_size=1024):
+        rows += [np.asarray(im.convert(mode)) for im in batch[image_key]]
+    x = np.stack(rows)  # (N, H, W) or (N, H, W, 3)
+    x = x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, np.uint8), np.asarray(ds[label_key], np.int64)
+
+
+def _read_hub(name: str):
+    import datasets
+
+    hub_id, image_key, label_key = HUB[name]
+    dd = datasets.load_dataset(hub_id)
+    return (*hf_to_arrays(dd["train"], image_key, label_key),
+            *hf_to_arrays(dd["test"], image_key, label_key))
+
+
+def _search_dirs(name: str, data_dir: str = "") -> list[Path]:
+    """Directories to search, in order: data_dir, $FEDLAB_DATA_DIR (+ subdir), DEFAULT_DIRS."""
+    sub, dirs = _SUBDIR[name], []
+    for root in (data_dir, os.environ.get("FEDLAB_DATA_DIR", "")):
+        if root:
+            dirs += [Path(root) / sub, Path(root)] if sub else [Path(root)]
+    dirs += [Path(d) for d in DEFAULT_DIRS[name]]
+    return list(dict.fromkeys(Path(os.path.abspath(os.path.expanduser(d))) for d in dirs))
+
+
+def _find_local(name: str, data_dir: str):
+    """Return (reader, files, searched) for the first local copy found."""
+    searched = []
+    for d in _search_dirs(name, data_dir):
+        if name in ("fashion_mnist", "mnist"):
+            searched.append(f"{d}/{{{','.join(_IDX_FILES)}}}[.gz]")
+            files = [next((d / (s + e) for e in (".gz", "") if (d / (s + e)).is_file()), None)
+                     for s in _IDX_FILES]
+            if all(files):
+                return _read_idx_dir, files, searched
+        elif name == "cifar10":
+            searched += [str(d / "cifar10_jpeg.npz"), str(d / "cifar-10-batches-py") + "/"]
+            if (d / "cifar10_jpeg.npz").is_file():
+                return (lambda fs: _read_cifar_npz(fs[0])), [d / "cifar10_jpeg.npz"], searched
+            batches = [d / "cifar-10-batches-py" / b for b in _CIFAR_BATCHES]
+            if all(f.is_file() for f in batches):
+                return (lambda fs: _read_cifar_batches(fs[0].parent)), batches, searched
+    return None, [], searched
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FEDLAB_CACHE_DIR") or Path.home() / ".cache" / "fedlab")
+
+
+def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean/std of x/255 from 256-bin histograms (no float copy of x)."""
+    v = np.arange(256) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        h = np.bincount(x[:, c].ravel(), minlength=256) / x[:, c].size
+        m = float(h @ v)
+        means.append(m)
+        stds.append(float(np.sqrt(max(h @ v**2 - m * m, 0.0))))
+    return tuple(means), tuple(stds)
+
+
+def _cached(name: str, key: str, read) -> dict:
+    """Load arrays from the disk cache, or ``read()`` them, add stats and store atomically."""
+    path = _cache_dir() / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in _CACHE_KEYS}
+        except Exception:  # noqa: BLE001 (truncated or foreign file: decode again, overwrite)
+            pass
+    xtr, ytr, xte, yte = read()
+    mean, std = _channel_stats(xtr)
+    arrays = dict(x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, mean=np.array(mean),
+                  std=np.array(std), num_classes=np.array(int(max(ytr.max(), yte.max())) + 1))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)  # atomic: concurrent readers see the old or the full file
+    except OSError as err:  # read-only home etc.: keep going without a disk cache
+        import warnings
+
+        warnings.warn(f"fedlab: could not write the data cache {path}: {err}", stacklevel=3)
+    return arrays
+
+
+def _fingerprint(files: list[Path]) -> str:
+    return "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str, data_dir: str, source: str, _env: tuple) -> ImageData:
+    read, files, searched = _find_local(name, data_dir) if source != "hub" else (None, [], [])
+    hub_note = f"not tried (source={source!r})"
+    if read is not None:
+        arrays = _cached(name, f"v{_CACHE_VERSION}|{name}|{_fingerprint(files)}",
+                         lambda: read(files))
+    elif source == "local":
+        arrays = None
+    else:
+        try:
+            arrays = _cached(name, f"v{_CACHE_VERSION}|{name}|hub:{HUB[name][0]}",
+                             lambda: _read_hub(name))
+        except Exception as err:  # no network, no hub, missing package: report below
+            arrays, hub_note = None, f"{HUB[name][0]!r} failed: {type(err).__name__}: {err}"
+    if arrays is None:
+        places = "".join(f"\n  - {p}" for p in searched) or "\n  (no local copy exists)"
+        raise DatasetNotFoundError(
+            f"data set {name!r} not found. Looked locally in:{places}\nHub: {hub_note}.\n"
+            f"To get it: {_HOWTO[name]}; or run on a machine with Hugging Face hub access "
+            f"(source='auto' or 'hub').")
+    for a in arrays.values():
+        a.flags.writeable = False
+    return ImageData(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                     int(arrays["num_classes"]), tuple(map(float, arrays["mean"])),
+                     tuple(map(float, arrays["std"])), name)
+
+
+def load_dataset(name: str, data_dir: str = "", source: str = "auto") -> ImageData:
+    """Load a data set as uint8 arrays (cached on disk and per process; arrays read-only).
+
+    Parameters
+    ----------
+    name : str
+        One of ``DATASETS``: fashion_mnist, mnist, cifar10, cifar100.
+    data_dir : str, optional
+        Searched first (it and its subdirectory such as ``fashion-mnist``), then
+        ``$FEDLAB_DATA_DIR`` (and subdirectory), then ``DEFAULT_DIRS[name]``.
+    source : str, optional
+        ``auto`` (local copy first, else the hub), ``local`` or ``hub``.
+
+    Returns
+    -------
+    ImageData
+        Train/test arrays, number of classes and the train set's per-channel mean/std.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or source.
+    DatasetNotFoundError
+        When no copy was found; the message lists every place searched and how to get it.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}")
+    env = (os.environ.get("FEDLAB_DATA_DIR", ""), str(_cache_dir()))
+    return _load(name, str(data_dir or ""), source, env)

@@ -1,0 +1,81 @@
+"""Figures drawn from the results files (matplotlib, Agg backend: works headless)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedlab_app.results import RunDir  # noqa: E402
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["round"], r[key]) for r in rows if key in r and not math.isnan(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: RunDir) -> list[Path]:
+    """Draw ``plots/accuracy.png``, ``plots/loss.png`` and ``plots/communication.png`` from metrics.csv."""
+    rows = run_dir.read_metrics()
+    if not rows:
+        return []
+    title = run_dir.path.name
+    out = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("test_acc", "test"), ("val_acc", "validation"), ("train_acc", "train (during local training)")):
+        xs, ys = _series(rows, key)
+        if xs:
+            ax.plot(xs, ys, marker="o", ms=3, label=label)
+    ax.set(xlabel="round", ylabel="accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out.append(_save(fig, run_dir.plots_dir / "accuracy.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("train_loss", "train (during local training)"), ("test_loss", "test"), ("val_loss", "validation")):
+        xs, ys = _series(rows, key)
+        if xs:
+            ax.plot(xs, ys, marker="o", ms=3, label=label)
+    ax.set(xlabel="round", ylabel="cross-entropy loss", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out.append(_save(fig, run_dir.plots_dir / "loss.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = [(r["bytes"] / 1e6, r["test_acc"]) for r in rows if not math.isnan(r["test_acc"])]
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
+    ax.set(xlabel="cumulative communication (MB, both directions)", ylabel="test accuracy", title=title)
+    ax.grid(alpha=0.3)
+    out.append(_save(fig, run_dir.plots_dir / "communication.png"))
+    return out
+
+
+def plot_label_distribution(counts, path: Path, title: str = "labels per client") -> Path:
+    """Stacked horizontal bars: for each client, how many samples of each class it holds.
+
+    ``counts`` is an array ``(num_clients, num_classes)``.
+    """
+    k, c = counts.shape
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.25 * k + 1.2)))
+    left = [0] * k
+    cmap = plt.get_cmap("tab10" if c <= 10 else "tab20")
+    for j in range(c):
+        ax.barh(range(k), counts[:, j], left=left, color=cmap(j % cmap.N), label=str(j))
+        left = [a + b for a, b in zip(left, counts[:, j])]
+    ax.set(xlabel="samples", ylabel="client", title=title)
+    ax.invert_yaxis()
+    if c <= 20:
+        ax.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,113 @@
+"""FedAvg: federated averaging (McMahan et al., "Communication-Efficient Learning of Deep Networks
+from Decentralized Data", AISTATS 2017).
+
+Update rule, each round t:
+    S_t <- a seeded random sample of max(floor(C*K), min_train_clients) of the K clients
+    x_i <- x_t, then client i runs E local epochs (or J steps) of SGD with batch B on its shard
+    x_{t+1} <- sum_{i in S_t} (n_i / sum_{j in S_t} n_j) * x_i          (n_i = examples processed)
+
+Config keys (``strategy.*``):
+    fraction_train     C in (0, 1]: fraction of clients sampled per round
+    min_train_clients  sample at least this many clients per round
+E, J and B are ``client.local_epochs``, ``client.local_steps``, ``client.batch_size``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedlab_app.config import check
+
+
+@dataclass(frozen=True)
+class Params:
+    fraction_train: float = 1.0
+    min_train_clients: int = 1
+
+    def validate(self, p: str) -> None:
+        check(0.0 < self.fraction_train <= 1.0, f"{p}.fraction_train", self.fraction_train, "0 < C <= 1")
+        check(self.min_train_clients >= 1, f"{p}.min_train_clients", self.min_train_clients, "an integer >= 1")
+
+
+def weighted_average(models: Sequence[dict[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:
+    """Weighted average of models given as ``{name: array}``: ``sum_i w_i x_i / sum_i w_i``.
+
+    Accumulates in float64 and casts back to each array's dtype (integer buffers such as
+    BatchNorm's ``num_batches_tracked`` are rounded).
+    """
+    if not models or len(models) != len(weights):
+        raise ValueError(f"need one weight per model, got {len(models)} models and {len(weights)} weights")
+    w = np.asarray(weights, dtype=np.float64)
+    if np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
+    w = w / w.sum()
+    out = {}
+    for name, ref in models[0].items():
+        acc = sum(wi * m[name].astype(np.float64) for wi, m in zip(w, models))
+        out[name] = np.rint(acc).astype(ref.dtype) if np.issubdtype(ref.dtype, np.integer) else acc.astype(ref.dtype)
+    return out
+
+
+def sample_clients(node_ids: Iterable[int], fraction: float, minimum: int, seed: int, server_round: int) -> list[int]:
+    """Seeded sample of ``max(floor(fraction*K), minimum)`` node ids (capped at K), sorted for determinism."""
+    ids = sorted(node_ids)
+    k = min(len(ids), max(int(fraction * len(ids)), minimum))
+    return sorted(random.Random(seed * 1_000_003 + server_round).sample(ids, k))
+
+
+def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """ArrayRecord -> ``{name: ndarray}``."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """``{name: ndarray}`` -> ArrayRecord (order kept)."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+class FedAvgStrategy(FedAvg):
+    """Flower's FedAvg with seeded client sampling and :func:`weighted_average` as its maths."""
+
+    def __init__(self, params: Params, seed: int, num_clients: int, fraction_evaluate: float = 0.0) -> None:
+        super().__init__(fraction_train=params.fraction_train, fraction_evaluate=fraction_evaluate,
+                         min_train_nodes=params.min_train_clients, min_evaluate_nodes=1 if fraction_evaluate else 0,
+                         min_available_nodes=num_clients)
+        self.seed = seed
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        nodes = sample_clients(grid.get_node_ids(), self.fraction_train, self.min_train_nodes, self.seed, server_round)
+        config["server-round"] = server_round
+        return self._construct_messages(self._record(arrays, config), nodes, "train")
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if self.fraction_evaluate == 0.0:
+            return []
+        nodes = sample_clients(grid.get_node_ids(), self.fraction_evaluate, 1, self.seed + 1, server_round)
+        config["server-round"] = server_round
+        return self._construct_messages(self._record(arrays, config), nodes, "evaluate")
+
+    def _record(self, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = sorted((m.content for m in valid), key=lambda c: c["metrics"].get("partition-id", 0))  # fixed sum order
+        models = [to_numpy(c[self.arrayrecord_key]) for c in contents]
+        weights = [float(c["metrics"][self.weighted_by_key]) for c in contents]
+        return to_record(weighted_average(models, weights)), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+def build(cfg) -> FedAvgStrategy:
+    """Build the strategy from a validated :class:`fedlab_app.config.Config`."""
+    return FedAvgStrategy(cfg.strategy.params, cfg.seed, cfg.num_clients, cfg.eval.fraction_clients)

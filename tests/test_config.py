@@ -1,0 +1,96 @@
+"""Config: Hydra defaults == pyproject run_config, round trips, and clear errors for bad values."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+import yaml
+from conftest import ROOT, compose
+from flwr.common.config import flatten_dict
+
+from fedlab_app import config
+
+
+def pyproject_run_config() -> dict:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return flatten_dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+
+
+def test_hydra_defaults_equal_pyproject_run_config():
+    """`flwr run .` (pyproject defaults) and `fedlab run` (Hydra defaults) run the same experiment."""
+    hydra_flat = config.flatten(compose())
+    declared = pyproject_run_config()
+    for key, value in hydra_flat.items():
+        assert key in declared, f"{key} missing from [tool.flwr.app.config]"
+        assert declared[key] == value and type(declared[key]) is type(value), key
+
+
+def test_every_group_key_is_declared_in_pyproject():
+    declared = pyproject_run_config()
+    for path in (ROOT / "conf").glob("*/*.yaml"):
+        group = path.parent.name
+        if group == "experiment":
+            continue
+        for key in config.flatten({group: yaml.safe_load(path.read_text())}):
+            assert key in declared, f"{key} (from {path.relative_to(ROOT)}) missing from [tool.flwr.app.config]"
+
+
+def test_every_group_option_composes_and_validates():
+    for path in (ROOT / "conf").glob("*/*.yaml"):
+        if path.parent.name == "experiment":
+            continue
+        cfg = config.parse(config.flatten(compose(f"{path.parent.name}={path.stem}")))
+        assert isinstance(cfg, config.Config)
+
+
+def test_parse_round_trip_and_overrides():
+    cfg = config.parse(config.flatten(compose("num_clients=20", "partition=dirichlet", "partition.alpha=0.3",
+                                              "client.local_epochs=2", "client.lr=1", "resume=true")))
+    assert cfg.num_clients == 20 and cfg.partition.name == "dirichlet" and cfg.partition.alpha == 0.3
+    assert cfg.client.local_epochs == 2 and cfg.client.lr == 1.0 and isinstance(cfg.client.lr, float)
+    assert cfg.resume == "true" and cfg.resume_requested
+    assert config.parse(config.to_run_config(cfg)) == cfg
+
+
+def test_flower_run_config_with_union_keys_parses_non_strict():
+    flat = {**pyproject_run_config(), "strategy.some_other_strategy_key": 1.0}
+    assert config.parse(flat, strict=False).strategy.name == "fedavg"
+    with pytest.raises(config.ConfigError, match="strategy.some_other_strategy_key"):
+        config.parse(flat, strict=True)
+
+
+@pytest.mark.parametrize("override, key, fragment", [
+    ("dataset.name=imagenet", "dataset.name", "fashion_mnist"),
+    ("strategy.name=fedfoo", "strategy.name", "fedavg"),
+    ("partition.name=random", "partition.name", "dirichlet"),
+    ("num_clients=0", "num_clients", ">= 1"),
+    ("client.lr=0", "client.lr", "> 0"),
+    ("client.lr=-0.1", "client.lr", "> 0"),
+    ("partition.alpha=0", "partition.alpha", "> 0"),
+    ("strategy.fraction_train=0", "strategy.fraction_train", "0 < C <= 1"),
+    ("strategy.fraction_train=1.5", "strategy.fraction_train", "0 < C <= 1"),
+    ("rounds=0", "rounds", ">= 1"),
+    ("client.batch_size=0", "client.batch_size", ">= 1"),
+    ("optimizer.momentum=1.0", "optimizer.momentum", "momentum < 1"),
+    ("client.lr=fast", "client.lr", "float"),
+    ("dataset.val_fraction=1.0", "dataset.val_fraction", "0 <= x < 1"),
+])
+def test_bad_values_name_key_value_and_allowed(override, key, fragment):
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(config.flatten(compose(override)))
+    msg = str(err.value)
+    assert msg.startswith(key + "=") and override.split("=", 1)[1] in msg and fragment in msg, msg
+
+
+def test_label_split_needs_no_more_clients_than_classes():
+    with pytest.raises(config.ConfigError, match="num_clients=20"):
+        config.parse(config.flatten(compose("partition=label_split", "num_clients=20")))
+
+
+def test_flatten_rejects_none_and_lists():
+    with pytest.raises(config.ConfigError, match="a.b"):
+        config.flatten({"a": {"b": None}})
+    with pytest.raises(config.ConfigError, match="c"):
+        config.flatten({"c": [1, 2]})
+    assert config.unflatten(config.flatten({"a": {"b": 1, "c": {"d": "x"}}})) == {"a": {"b": 1, "c": {"d": "x"}}}
