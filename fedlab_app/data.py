@@ -11,6 +11,7 @@ Partitioning lives in ``fedlab_app.partition`` (re-exported here).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -18,6 +19,7 @@ import io
 import os
 import pickle
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +50,7 @@ _HOWTO = {
              "as data_dir or in $FEDLAB_DATA_DIR/mnist",
     "cifar10": "put cifar10_jpeg.npz or the extracted cifar-10-batches-py/ directory (from "
                "cifar-10-python.tar.gz) in data_dir, $FEDLAB_DATA_DIR or shared/data/",
-    "cifar100": "CIFAR-100 has no offline copy",
+    "cifar100": "",  # hub only
 }
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -62,7 +64,7 @@ class DatasetNotFoundError(FileNotFoundError):
     """No local copy of the data set was found and the hub was not tried or failed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq by identity: arrays do not compare or hash
 class ImageData:
     """A labelled image data set held in memory (arrays are read-only; copy to modify)."""
 
@@ -120,10 +122,10 @@ def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
     if len(offsets) < 2:
         raise ValueError("no JPEG images in the npz")
-    out = None
+    raw, out = blob.tobytes(), None
     for i in range(len(offsets) - 1):
-        with Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())) as im:
-            a = np.asarray(im.convert("RGB"))  # (H, W, 3)
+        with Image.open(io.BytesIO(raw[offsets[i]:offsets[i + 1]]), formats=("JPEG",)) as im:
+            a = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # (H, W, 3)
         if out is None:
             out = np.empty((len(offsets) - 1,) + a.shape, np.uint8)
         out[i] = a
@@ -243,15 +245,15 @@ def _cached(name: str, key: str, read) -> dict:
     mean, std = _channel_stats(xtr)
     arrays = dict(x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, mean=np.array(mean),
                   std=np.array(std), num_classes=np.array(int(max(ytr.max(), yte.max())) + 1))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)  # atomic: concurrent readers see the old or the full file
-    except OSError as err:  # read-only home etc.: keep going without a disk cache
-        import warnings
-
+    except OSError as err:  # read-only home, disk full: keep going without a disk cache
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         warnings.warn(f"fedlab: could not write the data cache {path}: {err}", stacklevel=3)
     return arrays
 
@@ -276,11 +278,12 @@ def _load(name: str, data_dir: str, source: str, _env: tuple) -> ImageData:
         except Exception as err:  # no network, no hub, missing package: report below
             arrays, hub_note = None, f"{HUB[name][0]!r} failed: {type(err).__name__}: {err}"
     if arrays is None:
-        places = "".join(f"\n  - {p}" for p in searched) or "\n  (no local copy exists)"
+        places = "".join(f"\n  - {p}" for p in searched) or " nowhere (no offline copy exists)"
+        howto = _HOWTO[name] + "; or " if _HOWTO[name] else ""
         raise DatasetNotFoundError(
             f"data set {name!r} not found. Looked locally in:{places}\nHub: {hub_note}.\n"
-            f"To get it: {_HOWTO[name]}; or run on a machine with Hugging Face hub access "
-            f"(source='auto' or 'hub').")
+            f"To get it: {howto}run where the Hugging Face hub is reachable (source='auto' or "
+            f"'hub'; HF_HUB_OFFLINE=1 makes the hub attempt fail fast).")
     for a in arrays.values():
         a.flags.writeable = False
     return ImageData(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],

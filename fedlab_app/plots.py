@@ -61,21 +61,3 @@ def plot_run(run_dir: RunDir) -> list[Path]:
     out.append(_save(fig, run_dir.plots_dir / "communication.png"))
     return out
 
-
-def plot_label_distribution(counts, path: Path, title: str = "labels per client") -> Path:
-    """Stacked horizontal bars: for each client, how many samples of each class it holds.
-
-    ``counts`` is an array ``(num_clients, num_classes)``.
-    """
-    k, c = counts.shape
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.25 * k + 1.2)))
-    left = [0] * k
-    cmap = plt.get_cmap("tab10" if c <= 10 else "tab20")
-    for j in range(c):
-        ax.barh(range(k), counts[:, j], left=left, color=cmap(j % cmap.N), label=str(j))
-        left = [a + b for a, b in zip(left, counts[:, j])]
-    ax.set(xlabel="samples", ylabel="client", title=title)
-    ax.invert_yaxis()
-    if c <= 20:
-        ax.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=7)
-    return _save(fig, path)

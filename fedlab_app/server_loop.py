@@ -19,13 +19,15 @@ from flwr.app import ConfigRecord
 from clients.train import Normalizer, evaluate
 from fedlab_app import plots
 from fedlab_app.comm import CountingGrid, Ledger
-from fedlab_app.config import Config, to_nested
+from fedlab_app.config import Config, flatten, to_nested
 from fedlab_app.models import build_model, use_channels_last
+from fedlab_app.partition import label_counts, plot_label_distribution
 from fedlab_app.results import RunDir
 from fedlab_app.splits import make_splits
 from strategies.fedavg import to_numpy, to_record
 
 log = logging.getLogger("fedlab")
+NODE_WAIT_S = 60.0  # how long the server waits for num_clients nodes to connect
 
 
 @dataclass
@@ -55,7 +57,7 @@ class CentralEvaluator:
         self.data, self.batch = s.data, cfg.eval.batch_size
         self.model = build_model(cfg.model, s.data.x_train.shape[1:], s.data.num_classes)
         self.norm = Normalizer.from_stats(s.data.mean, s.data.std, use_channels_last(cfg.model))
-        self.test = (torch.from_numpy(s.data.x_test), torch.from_numpy(s.data.y_test.astype(np.int64)))
+        self.test = (torch.from_numpy(s.data.x_test.copy()), torch.from_numpy(s.data.y_test.astype(np.int64)))
         self.val = (torch.from_numpy(s.data.x_train[s.val_idx]), torch.from_numpy(s.data.y_train[s.val_idx].astype(np.int64)))
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
@@ -74,6 +76,25 @@ def initial_arrays(cfg: Config) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
+def wait_for_nodes(grid, num_clients: int, timeout_s: float = NODE_WAIT_S) -> list[int]:
+    """Wait until ``num_clients`` nodes are connected (simulated nodes register after the ServerApp starts).
+
+    Raises a clear error if the federation is larger than ``num_clients`` or stays smaller for ``timeout_s``.
+    """
+    t0 = time.monotonic()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) > num_clients:
+            raise ValueError(f"the federation has {len(nodes)} nodes but num_clients={num_clients}; make them equal "
+                             f"(with `flwr run`: --federation-config \"num-supernodes={num_clients}\")")
+        if len(nodes) == num_clients:
+            return nodes
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"only {len(nodes)} of num_clients={num_clients} nodes connected within {timeout_s:.0f} s "
+                               f"(with `flwr run`: --federation-config \"num-supernodes={num_clients}\")")
+        time.sleep(0.2)
+
+
 def run(cfg: Config, grid, strategy, run_dir: RunDir) -> dict:
     """Run ``cfg.rounds`` rounds of ``strategy`` over ``grid``, writing into ``run_dir``; returns the summary."""
     state, arrays = LoopState(), None
@@ -86,8 +107,15 @@ def run(cfg: Config, grid, strategy, run_dir: RunDir) -> dict:
         log.warning("resume requested but %s has no checkpoint: starting from round 1", run_dir.path)
     arrays = arrays if arrays is not None else initial_arrays(cfg)
     run_dir.create()
+    if state.server_round:
+        check_resume_config(cfg, run_dir)
     run_dir.write_config(to_nested(cfg))
+    s = make_splits(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
+    plot_label_distribution(label_counts(s.data.y_train, list(s.parts), s.data.num_classes),
+                            run_dir.plots_dir / "label_distribution.png",
+                            f"{cfg.dataset.name}, partition={cfg.partition.name}: labels per client")
     evaluator = CentralEvaluator(cfg)
+    wait_for_nodes(grid, cfg.num_clients)
     cgrid = CountingGrid(grid, state.ledger)
     summary = {"status": "running", "out_dir": str(run_dir.path)}
     last_eval: dict[str, float] = {}
@@ -138,6 +166,21 @@ def run(cfg: Config, grid, strategy, run_dir: RunDir) -> dict:
     run_dir.write_summary(summary)
     plots.plot_run(run_dir)
     return summary
+
+
+RESUMABLE_CHANGES = {"rounds", "resume", "out_dir", "verbose", "checkpoint_every", "eval.every", "eval.batch_size",
+                     "sim.cpus_per_client", "sim.threads_per_client"}
+
+
+def check_resume_config(cfg: Config, run_dir: RunDir) -> None:
+    """Refuse to resume a run under a config that would change its results (rounds may grow)."""
+    if not (run_dir.path / "config.yaml").exists():
+        return
+    old, new = flatten(run_dir.read_config()), flatten(to_nested(cfg))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(f"cannot resume {run_dir.path}: the config differs from the checkpointed run ({diff})")
 
 
 def make_summary(cfg: Config, state: LoopState, last_eval: dict, status: str) -> dict:
