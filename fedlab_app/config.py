@@ -19,11 +19,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-Scalar = bool | int | float | str
+from fedlab_app.data import DATASETS, SOURCES
+from fedlab_app.partition import PARTITIONERS as PARTITIONS
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
-SOURCES = ("auto", "local", "hub")
-PARTITIONS = ("iid", "dirichlet", "pathological", "label_split", "shard")
+Scalar = bool | int | float | str
 MODELS = ("lenet5", "cnn64")
 OPTIMIZERS = ("sgd",)
 

@@ -6,7 +6,7 @@ Local sources: the four original IDX files for ``fashion_mnist``/``mnist`` (``.g
 ``cifar-10-batches-py`` directory for ``cifar10``. ``cifar100`` comes from the hub only.
 Decoded arrays are cached in ``$FEDLAB_CACHE_DIR`` (default ``~/.cache/fedlab``) as one
 uncompressed ``.npz`` per data set and source fingerprint, and in memory per process.
-Partitioning lives in ``fedlab_app.partition`` (re-exported here).
+Partitioning lives in ``fedlab_app.partition``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from fedlab_app.partition import (PARTITIONERS, label_counts, partition_indices,  # noqa: F401
-                                  plot_label_distribution, train_val_split)
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
 SOURCES = ("auto", "local", "hub")

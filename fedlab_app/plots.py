@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -61,3 +62,40 @@ def plot_run(run_dir: RunDir) -> list[Path]:
     out.append(_save(fig, run_dir.plots_dir / "communication.png"))
     return out
 
+
+def plot_label_distribution(counts: np.ndarray, path, title: str = "") -> None:
+    """Save a stacked horizontal bar chart of the label counts per client as PNG (Agg).
+
+    Parameters
+    ----------
+    counts : np.ndarray
+        Label counts, shape (K, C), e.g. from ``label_counts``.
+    path : str or os.PathLike
+        Output file; its parent directories are created.
+    title : str, optional
+        Figure title.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    counts = np.asarray(counts)
+    k, c = counts.shape
+    fig = Figure(figsize=(8, min(2 + 0.18 * k, 30)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["tab10" if c <= 10 else "tab20"]
+    colors = [cmap(j % cmap.N) for j in range(c)]
+    left = np.zeros(k)
+    for j in range(c):
+        ax.barh(np.arange(k), counts[:, j], left=left, color=colors[j], height=0.85,
+                label=str(j))
+        left += counts[:, j]
+    ax.set_xlabel("samples")
+    ax.set_ylabel("client")
+    ax.invert_yaxis()
+    ax.set_title(title or f"label distribution ({k} clients, {c} classes)")
+    if c <= 20:
+        ax.legend(title="label", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")

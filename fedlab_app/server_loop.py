@@ -21,7 +21,7 @@ from fedlab_app import plots
 from fedlab_app.comm import CountingGrid, Ledger
 from fedlab_app.config import Config, flatten, to_nested
 from fedlab_app.models import build_model, use_channels_last
-from fedlab_app.partition import label_counts, plot_label_distribution
+from fedlab_app.partition import label_counts
 from fedlab_app.results import RunDir
 from fedlab_app.splits import make_splits
 from strategies.fedavg import to_numpy, to_record
@@ -111,7 +111,7 @@ def run(cfg: Config, grid, strategy, run_dir: RunDir) -> dict:
         check_resume_config(cfg, run_dir)
     run_dir.write_config(to_nested(cfg))
     s = make_splits(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
-    plot_label_distribution(label_counts(s.data.y_train, list(s.parts), s.data.num_classes),
+    plots.plot_label_distribution(label_counts(s.data.y_train, list(s.parts), s.data.num_classes),
                             run_dir.plots_dir / "label_distribution.png",
                             f"{cfg.dataset.name}, partition={cfg.partition.name}: labels per client")
     evaluator = CentralEvaluator(cfg)

@@ -76,9 +76,10 @@ class FedAvgStrategy(FedAvg):
     """Flower's FedAvg with seeded client sampling and :func:`weighted_average` as its maths."""
 
     def __init__(self, params: Params, seed: int, num_clients: int, fraction_evaluate: float = 0.0) -> None:
-        super().__init__(fraction_train=params.fraction_train, fraction_evaluate=fraction_evaluate,
-                         min_train_nodes=params.min_train_clients, min_evaluate_nodes=1 if fraction_evaluate else 0,
+        super().__init__(fraction_train=params.fraction_train, fraction_evaluate=fraction_evaluate or 1.0,
+                         min_train_nodes=params.min_train_clients, min_evaluate_nodes=1,
                          min_available_nodes=num_clients)
+        self.fraction_evaluate = fraction_evaluate  # set after __init__: 0 would make Flower log a warning
         self.seed = seed
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

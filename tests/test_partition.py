@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fedlab_app import partition as P
-from fedlab_app.partition import (PARTITIONERS, label_counts, partition_indices,
-                                  plot_label_distribution, train_val_split)
+from fedlab_app.partition import PARTITIONERS, label_counts, partition_indices, train_val_split
+from fedlab_app.plots import plot_label_distribution
 
 RANDOM_SCHEMES = ("iid", "dirichlet", "pathological", "shard")
 
