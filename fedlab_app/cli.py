@@ -16,6 +16,8 @@ USAGE = __doc__
 
 def _run_task(dcfg) -> str:
     """One Hydra job: compose -> validate -> simulate -> one-screen summary. Returns the run status."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     from fedlab_app import config, report
@@ -23,6 +25,9 @@ def _run_task(dcfg) -> str:
 
     nested = OmegaConf.to_container(dcfg, resolve=True)
     nested.pop("hydra", None)
+    hydra_cfg = HydraConfig.get()
+    if not nested.get("out_dir") and hydra_cfg.mode == RunMode.MULTIRUN:  # sweep job -> its folder in the sweep
+        nested["out_dir"] = hydra_cfg.runtime.output_dir
     try:
         cfg = config.parse(config.flatten(nested))
     except config.ConfigError as exc:

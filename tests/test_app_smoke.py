@@ -124,13 +124,17 @@ def test_cli_rejects_bad_config_before_starting():
 
 
 def test_cli_multirun_sweep(tmp_path):
-    """`fedlab run --multirun` runs each combination into its own dated folder and exits 0."""
+    """`fedlab run --multirun` runs each combination into its own folder of one sweep folder and exits 0."""
     env_root = tmp_path / "sweep"
     proc = subprocess.run([sys.executable, "-c", "from fedlab_app.cli import main; main()", "run", "--multirun",
                            "num_clients=1,2", "rounds=1", "dataset.limit_train=600"],
                           capture_output=True, text=True, timeout=240, cwd=ROOT,
                           env={**__import__("os").environ, "FEDLAB_RESULTS_DIR": str(env_root)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summaries = [json.loads(p.read_text()) for p in env_root.glob("*/summary.json")]
+    sweeps = list((env_root / "sweeps").iterdir())
+    assert len(sweeps) == 1 and (sweeps[0] / "multirun.yaml").exists()
+    assert sorted(p.name for p in sweeps[0].iterdir() if p.is_dir()) == [
+        "0_dataset.limit_train=600,num_clients=1,rounds=1", "1_dataset.limit_train=600,num_clients=2,rounds=1"]
+    summaries = [json.loads(p.read_text()) for p in sweeps[0].glob("*/summary.json")]
     assert sorted(s["num_clients"] for s in summaries) == [1, 2]
     assert all(s["status"] == "finished" for s in summaries)
