@@ -21,7 +21,7 @@ def _run_task(dcfg) -> str:
     from omegaconf import OmegaConf
 
     from fedlab_app import config, report
-    from fedlab_app.simulate import simulate
+    from fedlab_app.simulate import PreflightError, simulate
 
     nested = OmegaConf.to_container(dcfg, resolve=True)
     nested.pop("hydra", None)
@@ -33,7 +33,11 @@ def _run_task(dcfg) -> str:
     except config.ConfigError as exc:
         print(f"fedlab: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    summary = simulate(cfg)
+    try:
+        summary = simulate(cfg)
+    except PreflightError as exc:
+        print(f"fedlab: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     report.print_summary(summary)
     return summary.get("status", "failed")
 

@@ -175,12 +175,12 @@ def hf_to_arrays(ds, image_key: str, label_key: str) -> tuple[np.ndarray, np.nda
 
 
 def _read_hub(name: str):
-    import datasets
+    from flwr_datasets import FederatedDataset  # partitioning happens later, on the arrays
 
     hub_id, image_key, label_key = HUB[name]
-    dd = datasets.load_dataset(hub_id)
-    return (*hf_to_arrays(dd["train"], image_key, label_key),
-            *hf_to_arrays(dd["test"], image_key, label_key))
+    fds = FederatedDataset(dataset=hub_id, partitioners={"train": 1}, shuffle=False)
+    return (*hf_to_arrays(fds.load_split("train"), image_key, label_key),
+            *hf_to_arrays(fds.load_split("test"), image_key, label_key))
 
 
 def _search_dirs(name: str, data_dir: str = "") -> list[Path]:

@@ -20,12 +20,32 @@ from fedlab_app.results import RunDir
 APP_DIR = Path(__file__).resolve().parents[1]  # holds pyproject.toml with [tool.flwr.app.config]
 
 
+class PreflightError(RuntimeError):
+    """The run cannot start: its data set is missing or cannot be split as configured."""
+
+
+def preflight(cfg: config.Config) -> None:
+    """Load the data set and build the shards before anything starts (and warm the caches).
+
+    Catches what config validation alone cannot: a missing data set, more clients than samples, a
+    partition scheme that cannot give every client ``partition.min_size`` samples.
+    """
+    from fedlab_app.splits import make_splits
+
+    try:
+        make_splits(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
+    except (FileNotFoundError, ValueError) as exc:
+        raise PreflightError(str(exc)) from exc
+
+
 def simulate(cfg: config.Config) -> dict:
     """Simulate ``cfg`` with ``cfg.num_clients`` virtual SuperNodes; returns the run's summary.json content.
 
+    Raises :class:`PreflightError` before starting anything if the data cannot be loaded or split.
     ``out_dir`` is fixed here (a new dated folder when empty) so that the caller knows where the
     results are; a failed run is reported through ``summary["status"] == "failed"``.
     """
+    preflight(cfg)
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

@@ -115,11 +115,16 @@ def test_fedavg_one_client_equals_centralized(tmp_path, rounds=2, epochs=1, mome
         np.testing.assert_allclose(fed[k], v.numpy(), rtol=0, atol=1e-6, err_msg=k)
 
 
-def test_cli_rejects_bad_config_before_starting():
-    proc = subprocess.run([sys.executable, "-c", "from fedlab_app.cli import main; main()", "run", "client.lr=-1"],
+@pytest.mark.parametrize("args, expected", [
+    (["client.lr=-1"], ["configuration error: client.lr=-1", "> 0"]),
+    (["num_clients=3", "dataset.limit_train=2"], ["cannot start", "num_clients=3", "2 training samples"]),
+])
+def test_cli_rejects_bad_input_before_starting(args, expected):
+    proc = subprocess.run([sys.executable, "-c", "from fedlab_app.cli import main; main()", "run", *args],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2
-    assert "client.lr=-1" in proc.stderr and "> 0" in proc.stderr
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
     assert "ray" not in proc.stderr.lower()  # nothing started
 
 

@@ -224,8 +224,8 @@ def test_hub_source_through_a_fake_hub(isolated, monkeypatch):
 
     calls = []
 
-    def fake_load(hub_id):
-        calls.append(hub_id)
+    def fake_load(path, name=None):  # exactly what flwr-datasets' FederatedDataset calls
+        calls.append(path)
         return datasets.DatasetDict(train=_hf("RGB", 4)[0], test=_hf("RGB", 2)[0])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
@@ -235,7 +235,7 @@ def test_hub_source_through_a_fake_hub(isolated, monkeypatch):
     assert load_dataset("cifar100", source="hub").x_test.shape == (2, 3, 4, 5)
     assert calls == ["uoft-cs/cifar100"]  # second time from the disk cache
 
-    def offline(hub_id):
+    def offline(path, name=None):
         raise ConnectionError("no route to the hub")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
