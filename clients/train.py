@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clients.optim import make_optimizer
-from fedlab_app.config import OptimizerCfg
 
 
 @dataclass(frozen=True)
@@ -61,8 +59,8 @@ def epoch_permutation(n: int, seed: int, stream: int, epoch: int) -> torch.Tenso
 
 
 def batches(n: int, batch_size: int, seed: int, stream: int, first_epoch: int, *, epochs: int = 0,
-            steps: int = 0) -> Iterator[torch.Tensor]:
-    """Yield index batches: ``epochs`` full passes (last batch may be partial) or exactly ``steps`` full batches.
+            steps: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(epoch, index batch)``: ``epochs`` full passes (last batch may be partial) or exactly ``steps`` full batches.
 
     In step mode, batches run through consecutive epoch permutations starting at ``first_epoch``,
     skipping each epoch's incomplete tail so every step has exactly ``min(batch_size, n)`` samples.
@@ -75,20 +73,25 @@ def batches(n: int, batch_size: int, seed: int, stream: int, first_epoch: int, *
             for i in range(0, n - b + 1, b):
                 if done == steps:
                     return
-                yield perm[i:i + b]
+                yield epoch, perm[i:i + b]
                 done += 1
             epoch += 1
         return
     for epoch in range(first_epoch, first_epoch + epochs):
         perm = epoch_permutation(n, seed, stream, epoch)
         for i in range(0, n, b):
-            yield perm[i:i + b]
+            yield epoch, perm[i:i + b]
 
 
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer, opt_cfg: OptimizerCfg, *,
-          lr: float, batch_size: int, seed: int, stream: int, first_epoch: int, epochs: int = 0,
-          steps: int = 0) -> TrainResult:
-    """Train ``model`` in place on ``(x, y)`` for ``epochs`` epochs or ``steps`` steps with a fresh optimizer.
+def _epoch_seed(seed: int, stream: int, epoch: int, salt: int) -> int:
+    return int(np.random.SeedSequence([seed, stream, epoch, salt]).generate_state(1)[0])
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer, opt: torch.optim.Optimizer, *,
+          batch_size: int, seed: int, stream: int, first_epoch: int, epochs: int = 0, steps: int = 0,
+          lr: float | None = None, lr_fn: Callable[[int], float] | None = None,
+          augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None) -> TrainResult:
+    """Train ``model`` in place on ``(x, y)`` for ``epochs`` epochs or ``steps`` steps with optimizer ``opt``.
 
     Parameters
     ----------
@@ -98,27 +101,47 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer, 
         uint8 images ``(n, C, H, W)`` and int64 labels ``(n,)``.
     norm : Normalizer
         Turns uint8 batches into normalized float32 inputs.
-    opt_cfg : OptimizerCfg
-        Optimizer settings; the optimizer (and its momentum buffer) is created anew for this call.
-    lr, batch_size : float, int
-        Learning rate and mini-batch size B.
+    opt : torch.optim.Optimizer
+        Built by the caller over ``model``'s parameters (a client makes a fresh one each round;
+        centralized training keeps one across epochs, momentum included).
+    batch_size : int
+        Mini-batch size B.
     seed, stream, first_epoch : int
-        Data order: batches come from ``epoch_permutation(n, seed, stream, first_epoch + e)``.
+        Data order: batches come from ``epoch_permutation(n, seed, stream, first_epoch + e)``;
+        augmentation and dropout are re-seeded at each epoch from the same triple, so one call of E
+        epochs equals E calls of one epoch.
     epochs, steps : int
         Exactly one of them > 0 (steps wins when both are).
+    lr : float, optional
+        Learning rate for every parameter group during this call.
+    lr_fn : callable, optional
+        ``lr_fn(i)`` gives the learning rate of the i-th step of this call (per-step schedules).
+    augment : callable, optional
+        ``augment(uint8 batch, generator) -> uint8 batch``, applied before normalization.
     """
     model.train()
     if norm.channels_last:
         model.to(memory_format=torch.channels_last)
-    torch.manual_seed(np.random.SeedSequence([seed, stream, first_epoch, 7]).generate_state(1)[0])  # dropout
-    opt = make_optimizer(model, opt_cfg, lr)
+    if lr is not None:
+        for group in opt.param_groups:
+            group["lr"] = lr
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
-    seen, n_steps, diverged = 0, 0, False
+    seen, n_steps, diverged, epoch_now = 0, 0, False, None
+    gen = torch.Generator()
     t0 = time.perf_counter()
-    for idx in batches(len(y), batch_size, seed, stream, first_epoch, epochs=epochs, steps=steps):
-        xb, yb = norm(x[idx]), y[idx]
-        out = model(xb)
+    for epoch, idx in batches(len(y), batch_size, seed, stream, first_epoch, epochs=epochs, steps=steps):
+        if epoch != epoch_now:  # per-epoch seeds for dropout and augmentation
+            epoch_now = epoch
+            torch.manual_seed(_epoch_seed(seed, stream, epoch, 7))
+            gen.manual_seed(_epoch_seed(seed, stream, epoch, 11))
+        if lr_fn is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_fn(n_steps)
+        xb, yb = x[idx], y[idx]
+        if augment is not None:
+            xb = augment(xb, gen)
+        out = model(norm(xb))
         loss = F.cross_entropy(out, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()

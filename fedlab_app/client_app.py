@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import math
 
-import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.train import Normalizer, evaluate, train
+from clients.optim import make_optimizer
+from clients.train import evaluate, train
 from fedlab_app import config
-from fedlab_app.models import build_model, use_channels_last
+from fedlab_app.local import fresh_model, local_data
 from fedlab_app.perf import tune_process
-from fedlab_app.splits import client_shard, make_splits
 
 app = ClientApp()
 
@@ -29,26 +28,25 @@ def _setup(msg: Message, context: Context):
     num = int(context.node_config.get("num-partitions", cfg.num_clients))
     if num != cfg.num_clients:
         raise ValueError(f"this node was told num-partitions={num} but the run has num_clients={cfg.num_clients}")
-    x, y = client_shard(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed, pid)
-    data = make_splits(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed).data
-    model = build_model(cfg.model, tuple(x.shape[1:]), data.num_classes)
+    local = local_data(cfg, pid, cfg.num_clients)
+    model = fresh_model(cfg, local)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    norm = Normalizer.from_stats(data.mean, data.std, use_channels_last(cfg.model))
-    return cfg, pid, x, y, model, norm
+    return cfg, pid, local, model
 
 
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
     """Train the received model on this node's shard and send it back with its metrics."""
-    cfg, pid, x, y, model, norm = _setup(msg, context)
+    cfg, pid, local, model = _setup(msg, context)
     conf = msg.content["config"]
     rnd, epochs, steps = int(conf["server-round"]), int(conf["local-epochs"]), int(conf["local-steps"])
-    batch = min(cfg.client.batch_size, len(y))
-    per_round = epochs if steps == 0 else math.ceil(steps / max(len(y) // batch, 1))
-    res = train(model, x, y, norm, cfg.optimizer, lr=float(conf["lr"]), batch_size=cfg.client.batch_size,
-                seed=cfg.seed, stream=pid, first_epoch=(rnd - 1) * per_round, epochs=epochs, steps=steps)
+    n = len(local.y)
+    per_round = epochs if steps == 0 else math.ceil(steps / max(n // min(cfg.client.batch_size, n), 1))
+    opt = make_optimizer(model, cfg.optimizer, float(conf["lr"]))  # fresh each round: momentum is not kept
+    res = train(model, local.x, local.y, local.norm, opt, batch_size=cfg.client.batch_size, seed=cfg.seed,
+                stream=pid, first_epoch=(rnd - 1) * per_round, epochs=epochs, steps=steps, augment=local.augment)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    metrics = MetricRecord({"num-examples": len(y), "examples-processed": res.num_examples, "steps": res.steps,
+    metrics = MetricRecord({"num-examples": n, "examples-processed": res.num_examples, "steps": res.steps,
                             "train-loss": res.loss, "train-acc": res.acc, "compute-s": res.seconds,
                             "partition-id": pid, "diverged": int(res.diverged)})
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
@@ -57,7 +55,7 @@ def train_handler(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this node's shard (federated evaluation)."""
-    cfg, pid, x, y, model, norm = _setup(msg, context)
-    loss, acc = evaluate(model, x, y, norm, cfg.eval.batch_size)
-    metrics = MetricRecord({"num-examples": len(y), "eval-loss": loss, "eval-acc": acc, "partition-id": pid})
+    cfg, pid, local, model = _setup(msg, context)
+    loss, acc = evaluate(model, local.x, local.y, local.norm, cfg.eval.batch_size)
+    metrics = MetricRecord({"num-examples": len(local.y), "eval-loss": loss, "eval-acc": acc, "partition-id": pid})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

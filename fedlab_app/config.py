@@ -24,7 +24,9 @@ from fedlab_app.partition import PARTITIONERS as PARTITIONS
 
 Scalar = bool | int | float | str
 MODELS = ("lenet5", "cnn64")
-OPTIMIZERS = ("sgd",)
+OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
+SCHEDULES = ("constant", "step", "cosine")
+SCALINGS = ("none", "linear", "sqrt")
 
 
 class ConfigError(ValueError):
@@ -51,6 +53,7 @@ class DatasetCfg:
     data_dir: str = ""
     val_fraction: float = 0.0
     limit_train: int = 0
+    augment: bool = False  # random crop (4-pixel padding) + horizontal flip of training batches
 
     def validate(self, p: str) -> None:
         check_choice(f"{p}.name", self.name, DATASETS)
@@ -89,15 +92,58 @@ class ModelCfg:
 @dataclass(frozen=True)
 class OptimizerCfg:
     name: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd, lars
+    nesterov: bool = False  # sgd
+    weight_decay: float = 0.0  # all; decoupled for adamw and lamb, applied to weights (ndim > 1) only
+    beta1: float = 0.9  # adamw, lamb
+    beta2: float = 0.999  # adamw, lamb
+    eps: float = 1e-8  # adamw, lamb (lars: added to the trust-ratio denominator)
+    trust_coef: float = 0.001  # lars: eta in eta*||w|| / (||g|| + wd*||w||)
 
     def validate(self, p: str) -> None:
         check_choice(f"{p}.name", self.name, OPTIMIZERS)
         check(0.0 <= self.momentum < 1.0, f"{p}.momentum", self.momentum, "0 <= momentum < 1")
         check(not self.nesterov or self.momentum > 0, f"{p}.nesterov", self.nesterov, "false when momentum is 0")
+        check(not self.nesterov or self.name == "sgd", f"{p}.nesterov", self.nesterov, "true only with optimizer=sgd")
         check(self.weight_decay >= 0.0, f"{p}.weight_decay", self.weight_decay, "a number >= 0")
+        check(0.0 <= self.beta1 < 1.0, f"{p}.beta1", self.beta1, "0 <= beta1 < 1")
+        check(0.0 <= self.beta2 < 1.0, f"{p}.beta2", self.beta2, "0 <= beta2 < 1")
+        check(self.eps > 0, f"{p}.eps", self.eps, "a number > 0")
+        check(self.trust_coef > 0, f"{p}.trust_coef", self.trust_coef, "a number > 0")
+
+
+@dataclass(frozen=True)
+class ScheduleCfg:
+    name: str = "constant"
+    warmup: float = 0.0  # linear warm-up length, in the schedule's unit (rounds, or epochs when centralized)
+    warmup_start: float = 0.1  # warm-up starts at warmup_start * lr (0 would waste the first unit)
+    milestones: str = ""  # step: comma-separated unit indices, e.g. "30,60"
+    gamma: float = 0.1  # step: lr <- gamma * lr at each milestone
+    lr_min: float = 0.0  # cosine: final lr
+    scaling: str = "none"  # large-batch lr scaling from ref_batch_size: none | linear (B/Bref) | sqrt
+    ref_batch_size: int = 256
+    per_step: bool = False  # centralized only: update the lr every step instead of every epoch
+
+    def validate(self, p: str) -> None:
+        check_choice(f"{p}.name", self.name, SCHEDULES)
+        check(self.warmup >= 0, f"{p}.warmup", self.warmup, "a number >= 0")
+        check(0.0 <= self.warmup_start <= 1.0, f"{p}.warmup_start", self.warmup_start, "0 <= x <= 1")
+        try:
+            ms = self.milestone_list
+        except ValueError:
+            ms = None
+        check(ms is not None and ms == sorted(ms) and all(m > 0 for m in ms), f"{p}.milestones", self.milestones,
+              'increasing positive integers separated by commas, e.g. "30,60"')
+        check(self.name != "step" or bool(ms), f"{p}.milestones", self.milestones, "at least one milestone with schedule=step")
+        check(0.0 < self.gamma <= 1.0, f"{p}.gamma", self.gamma, "0 < gamma <= 1")
+        check(self.lr_min >= 0, f"{p}.lr_min", self.lr_min, "a number >= 0")
+        check_choice(f"{p}.scaling", self.scaling, SCALINGS)
+        check(self.ref_batch_size >= 1, f"{p}.ref_batch_size", self.ref_batch_size, "an integer >= 1")
+
+    @property
+    def milestone_list(self) -> list[int]:
+        """``milestones`` parsed: ``"30, 60"`` -> ``[30, 60]``."""
+        return [int(m) for m in self.milestones.replace(" ", "").split(",") if m]
 
 
 @dataclass(frozen=True)
@@ -148,6 +194,7 @@ class Config:
     partition: PartitionCfg
     model: ModelCfg
     optimizer: OptimizerCfg
+    schedule: ScheduleCfg
     client: ClientCfg
     strategy: StrategyCfg
     eval: EvalCfg
@@ -158,12 +205,14 @@ class Config:
     out_dir: str = ""
     resume: str = "false"
     checkpoint_every: int = 1
+    stop_after: int = 0
     verbose: bool = False
 
     def validate(self, p: str = "") -> None:
         check(self.num_clients >= 1, "num_clients", self.num_clients, "an integer >= 1")
         check(self.rounds >= 1, "rounds", self.rounds, "an integer >= 1")
         check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        check(self.stop_after >= 0, "stop_after", self.stop_after, "0 (never) or an integer >= 1")
         check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         check(bool(self.resume), "resume", self.resume, '"false", "true" or the path of a run directory')
         if self.partition.name == "label_split":
@@ -177,7 +226,7 @@ class Config:
 
 
 SECTIONS = {"dataset": DatasetCfg, "partition": PartitionCfg, "model": ModelCfg, "optimizer": OptimizerCfg,
-            "client": ClientCfg, "eval": EvalCfg, "sim": SimCfg}
+            "schedule": ScheduleCfg, "client": ClientCfg, "eval": EvalCfg, "sim": SimCfg}
 
 
 # ----------------------------------------------------------------------------- conversion

@@ -3,7 +3,7 @@
 Contract (users, plots, comparisons and tests rely on it):
 - ``config.yaml``: the resolved config.
 - ``metrics.csv``: one row per evaluated round; communication columns are cumulative.
-- ``summary.json``: ``status`` (running|finished|diverged|failed), ``final.test_acc``,
+- ``summary.json``: ``status`` (finished|diverged|failed|stopped), ``final.test_acc``,
   ``final.test_loss``, ``rounds``, ``comm.messages``, ``comm.bytes``, ``wall_time_s``, ...
 - ``checkpoints/round_NNNN.pt``: global model + the server state needed to resume.
 Every write is atomic (temporary file + rename) and metrics rows are flushed as they come, so a
@@ -102,13 +102,15 @@ class RunDir:
             self.append_metrics(r)
 
     # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, server_round: int, arrays: dict[str, np.ndarray], state: dict) -> Path:
-        """Save the global model and JSON-able server ``state`` as ``checkpoints/round_NNNN.pt``."""
+    def save_checkpoint(self, server_round: int, arrays: dict[str, np.ndarray], state: dict,
+                        extra: dict | None = None) -> Path:
+        """Save the global model, JSON-able ``state`` and tensor-valued ``extra`` (e.g. an optimizer's
+        state_dict) as ``checkpoints/round_NNNN.pt``."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / f"round_{server_round:04d}.pt"
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save({"round": server_round, "arrays": {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()},
-                    "state": json.dumps(state, default=_json_default)}, tmp)
+                    "state": json.dumps(state, default=_json_default), "extra": extra or {}}, tmp)
         os.replace(tmp, path)
         return path
 
@@ -118,11 +120,11 @@ class RunDir:
         return found[-1] if found else None
 
     @staticmethod
-    def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray], dict]:
-        """Load ``(round, arrays, state)`` from a checkpoint file."""
+    def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray], dict, dict]:
+        """Load ``(round, arrays, state, extra)`` from a checkpoint file."""
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         arrays = {k: v.numpy() for k, v in ckpt["arrays"].items()}
-        return int(ckpt["round"]), arrays, json.loads(ckpt["state"])
+        return int(ckpt["round"]), arrays, json.loads(ckpt["state"]), ckpt.get("extra", {})
 
 
 def _fmt(v: Any) -> Any:

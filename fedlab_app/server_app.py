@@ -41,10 +41,15 @@ def main(grid: Grid, context: Context) -> None:
     setup_logging()
     cfg = config.parse(context.run_config, strict=False)
     run_dir = resolve_run_dir(cfg)
+    record_failure(run_dir, lambda: server_loop.run(cfg, grid, strategies.build(cfg), run_dir))
+
+
+def record_failure(run_dir: RunDir, fn):
+    """Call ``fn()``; on an exception write ``summary.json`` with ``status: failed`` and re-raise."""
     log.info("run directory: %s", run_dir.path)
     try:
-        server_loop.run(cfg, grid, strategies.build(cfg), run_dir)
-    except BaseException as exc:  # record the failure, then let Flower see it
+        return fn()
+    except BaseException as exc:
         run_dir.create()
         summary = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
                    "traceback": traceback.format_exc(), "out_dir": str(run_dir.path)}

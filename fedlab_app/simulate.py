@@ -46,6 +46,10 @@ def simulate(cfg: config.Config) -> dict:
     results are; a failed run is reported through ``summary["status"] == "failed"``.
     """
     preflight(cfg)
+    from strategies import REGISTRY
+
+    if (direct := REGISTRY[cfg.strategy.name].run) is not None:  # a mode without Flower
+        return _run_direct(cfg, direct)
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -91,3 +95,17 @@ def simulate(cfg: config.Config) -> dict:
         return RunDir(run_dir.path).read_summary()
     except FileNotFoundError:
         return {"status": "failed", "error": "the run wrote no summary.json", "out_dir": str(run_dir.path)}
+
+
+def _run_direct(cfg: config.Config, run_fn) -> dict:
+    """Run a non-Flower mode in this process with the same results handling as the ServerApp."""
+    from fedlab_app import server_app
+
+    server_app.setup_logging()
+    run_dir = server_app.resolve_run_dir(cfg)
+    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.path))
+    try:
+        return server_app.record_failure(run_dir, lambda: run_fn(cfg, run_dir))
+    except Exception as exc:  # recorded in summary.json; a sweep goes on with its next run
+        logging.getLogger("fedlab").error("run failed: %s", exc)
+        return run_dir.read_summary()

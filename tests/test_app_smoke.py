@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, compose, needs_fmnist
 
+from clients.optim import make_optimizer
 from clients.train import Normalizer, train
 from fedlab_app import config
 from fedlab_app.models import build_model, use_channels_last
@@ -38,10 +39,11 @@ def final_arrays(run_dir: RunDir) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Run A: 3 rounds straight. Run B: 2 rounds, then resumed to 3 (as after an interruption)."""
+    """Run A: 3 rounds straight. Run B: stopped after 2 of 3 rounds (stop_after), then resumed."""
     base = tmp_path_factory.mktemp("runs")
     a = run_sim(base / "a", *SMALL, "rounds=3")
-    b2 = run_sim(base / "b", *SMALL, "rounds=2")
+    b2 = run_sim(base / "b", *SMALL, "rounds=3", "stop_after=2")
+    assert b2[2]["status"] == "stopped"
     b2_metrics = b2[1].read_metrics()
     b3 = run_sim(base / "b", *SMALL, "rounds=3", "resume=true")
     return {"a": a, "b2": b2, "b2_metrics": b2_metrics, "b3": b3}
@@ -108,8 +110,9 @@ def test_fedavg_one_client_equals_centralized(tmp_path, rounds=2, epochs=1, mome
     norm = Normalizer.from_stats(data.mean, data.std, use_channels_last(cfg.model))
     torch.set_num_threads(1)
     for rnd in range(rounds):  # the optimizer (and momentum) starts fresh each round, as on a client
-        train(model, x, y, norm, cfg.optimizer, lr=cfg.client.lr, batch_size=cfg.client.batch_size, seed=cfg.seed,
-              stream=0, first_epoch=rnd * epochs, epochs=epochs)
+        opt = make_optimizer(model, cfg.optimizer, cfg.client.lr)
+        train(model, x, y, norm, opt, batch_size=cfg.client.batch_size, seed=cfg.seed, stream=0,
+              first_epoch=rnd * epochs, epochs=epochs)
     fed = final_arrays(rd)
     for k, v in model.state_dict().items():
         np.testing.assert_allclose(fed[k], v.numpy(), rtol=0, atol=1e-6, err_msg=k)

@@ -28,7 +28,8 @@ def test_checkpoint_round_trip_and_last(tmp_path):
     rd.save_checkpoint(2, arrays, {"x": 1})
     rd.save_checkpoint(10, {k: v + 1 for k, v in arrays.items()}, {"x": 2})
     assert rd.last_checkpoint().name == "round_0010.pt"
-    rnd, back, state = RunDir.load_checkpoint(rd.last_checkpoint())
+    rnd, back, state, extra = RunDir.load_checkpoint(rd.last_checkpoint())
+    assert extra == {}
     assert rnd == 10 and state == {"x": 2}
     np.testing.assert_array_equal(back["w"], arrays["w"] + 1)
     assert back["n"].dtype == np.int64

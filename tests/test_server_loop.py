@@ -10,7 +10,8 @@ from conftest import compose
 from fedlab_app import config
 from fedlab_app.config import to_nested
 from fedlab_app.results import RunDir
-from fedlab_app.server_loop import check_resume_config, wait_for_nodes
+from fedlab_app.recorder import check_resume_config
+from fedlab_app.server_loop import wait_for_nodes
 
 
 class FakeGrid:
