@@ -3,6 +3,8 @@
     fedlab run [key=value ...]            one experiment (Hydra overrides, e.g. num_clients=20 partition=dirichlet)
     fedlab run --multirun k=a,b,c ...     a sweep, one run directory per combination
     fedlab plot RUN_DIR                   redraw a run's plots from its results files
+    fedlab compare RUN_DIR... [--rows KEY --cols KEY] [--metric final.test_acc] [--out DIR]
+                                          runs side by side: a table (a pivot for two keys) and plots
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def _run_task(dcfg) -> str:
 
     nested = OmegaConf.to_container(dcfg, resolve=True)
     nested.pop("hydra", None)
+    nested = {k: v for k, v in nested.items() if not k.startswith("_")}  # experiment-local helper values
     hydra_cfg = HydraConfig.get()
     if not nested.get("out_dir") and hydra_cfg.mode == RunMode.MULTIRUN:  # sweep job -> its folder in the sweep
         nested["out_dir"] = hydra_cfg.runtime.output_dir
@@ -57,6 +60,28 @@ def _hydra_main(argv: list[str]) -> int:
     return 1 if bad or not statuses else 0
 
 
+def _compare(argv: list[str]) -> int:
+    import argparse
+
+    from fedlab_app.compare import compare
+
+    ap = argparse.ArgumentParser(prog="fedlab compare", description="Compare finished runs.")
+    ap.add_argument("paths", nargs="+", help="run directories or folders holding them (e.g. a sweep)")
+    ap.add_argument("--rows", help="config key for the table's rows, e.g. client.batch_size")
+    ap.add_argument("--cols", help="config key for the table's columns, e.g. optimizer.name")
+    ap.add_argument("--metric", default="final.test_acc", help="summary field (default final.test_acc)")
+    ap.add_argument("--out", help="where to write compare.csv and the plots (default: the single path, or .)")
+    args = ap.parse_args(argv)
+    if bool(args.rows) != bool(args.cols):
+        ap.error("give both --rows and --cols, or neither")
+    try:
+        compare(args.paths, args.rows, args.cols, args.metric, args.out)
+    except FileNotFoundError as exc:
+        print(f"fedlab compare: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main() -> None:
     """Entry point of the ``fedlab`` script."""
     args = sys.argv[1:]
@@ -74,5 +99,7 @@ def main() -> None:
             for p in plot_run(RunDir(path)):
                 print(p)
         raise SystemExit(0)
-    print(f"fedlab: unknown command {cmd!r}; allowed: run, plot\n{USAGE}", file=sys.stderr)
+    if cmd == "compare":
+        raise SystemExit(_compare(rest))
+    print(f"fedlab: unknown command {cmd!r}; allowed: run, plot, compare\n{USAGE}", file=sys.stderr)
     raise SystemExit(2)

@@ -103,3 +103,46 @@ def plot_label_distribution(counts: np.ndarray, path, title: str = "") -> None:
         ax.legend(title="label", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def plot_pivot(row_values, col_values, cells: dict, rows: str, cols: str, metric: str, path: Path) -> Path:
+    """The metric against the row key (log scale when numeric and spread), one line per column value.
+
+    Cells that are not numbers (e.g. ``diverged``) are drawn as crosses at the bottom of the axis.
+    """
+    from fedlab_app.compare import as_float
+
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row_values)
+    xs = list(row_values) if numeric else list(range(len(row_values)))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for c in col_values:
+        ys = [as_float(cells.get((r, c), "nan")) for r in row_values]
+        line = ax.plot(xs, ys, marker="o", ms=4, label=str(c))[0]
+        bad = [x for x, r in zip(xs, row_values) if cells.get((r, c), "") not in ("", "-") and math.isnan(as_float(cells[(r, c)]))]
+        if bad:
+            ax.plot(bad, [0.0] * len(bad), "x", color=line.get_color(), ms=8)
+    if numeric and min(xs) > 0 and max(xs) / min(xs) >= 16:
+        ax.set_xscale("log", base=2)
+    if not numeric:
+        ax.set_xticks(xs, [str(v) for v in row_values])
+    ax.set(xlabel=rows, ylabel=metric, title=f"{metric} by {rows} and {cols} (x: did not finish)")
+    ax.grid(alpha=0.3)
+    ax.legend(title=cols)
+    return _save(fig, path)
+
+
+def plot_curves(series: list[tuple[str, list[dict]]], path: Path) -> Path:
+    """Test accuracy against rounds (left) and against cumulative MB sent (right), one line per run."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, rows in series:
+        pts = [(r["round"], r["bytes"] / 1e6, r["test_acc"]) for r in rows if not math.isnan(r["test_acc"])]
+        if pts:
+            a1.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", ms=2, label=label)
+            a2.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", ms=2, label=label)
+    a1.set(xlabel="round (epoch when centralized)", ylabel="test accuracy")
+    a2.set(xlabel="cumulative communication (MB)", ylabel="test accuracy")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+    if len(series) <= 12:
+        a1.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,51 @@
+"""`fedlab compare` on hand-made run directories."""
+
+from __future__ import annotations
+
+import csv
+
+from conftest import compose
+from rich.console import Console
+
+from fedlab_app import config
+from fedlab_app.compare import compare, load_runs, varying_keys
+from fedlab_app.config import to_nested
+from fedlab_app.results import RunDir
+
+
+def make_run(path, acc, status="finished", **over):
+    overrides = [f"{k.replace('__', '.')}={v}" for k, v in over.items()]
+    cfg = config.parse(config.flatten(compose(*overrides)))
+    rd = RunDir(path)
+    rd.create()
+    rd.write_config(to_nested(cfg))
+    rd.append_metrics({"round": 1, "test_acc": acc, "bytes": 1000, "messages": 2})
+    rd.write_summary({"status": status, "rounds": 1, "final": {"test_acc": acc}, "comm": {"messages": 2, "bytes": 1000}})
+
+
+def test_pivot_batch_by_optimizer_with_implied_keys_and_diverged(tmp_path):
+    sweep = tmp_path / "sweep"
+    lrs = {"sgd": 0.05, "lamb": 0.005}
+    accs = {("sgd", 64): 0.9, ("sgd", 1024): 0.8, ("sgd", 8192): 0.1,
+            ("lamb", 64): 0.88, ("lamb", 1024): 0.86, ("lamb", 8192): 0.85}
+    for i, ((opt, b), acc) in enumerate(accs.items()):
+        make_run(sweep / f"{i}", acc, status="diverged" if acc < 0.2 else "finished",
+                 optimizer=opt, client__batch_size=b, client__lr=lrs[opt])
+    runs = load_runs([sweep])
+    assert len(runs) == 6
+    assert varying_keys(runs) == ["optimizer.name", "client.batch_size"]  # weight decay and lr are implied
+    out = compare([str(sweep)], console=Console(file=open(tmp_path / "out.txt", "w")))
+    rows = list(csv.reader(open(out / "compare.csv")))
+    assert rows[0] == ["client.batch_size \\ optimizer.name", "lamb", "sgd"]  # 3 batch sizes > 2 optimizers
+    assert rows[1:] == [["64", "0.8800", "0.9000"], ["1024", "0.8600", "0.8000"], ["8192", "0.8500", "diverged"]]
+    for name in ("compare.png", "curves.png"):
+        assert (out / name).stat().st_size > 5000
+
+
+def test_flat_table_for_one_varying_key(tmp_path):
+    for a in (0.3, 0.7):
+        make_run(tmp_path / f"a{a}", 0.8, partition="dirichlet", partition__alpha=a)
+    out = compare([str(tmp_path / "a0.3"), str(tmp_path / "a0.7")], out=str(tmp_path / "cmp"),
+                  console=Console(file=open(tmp_path / "out.txt", "w")))
+    rows = list(csv.reader(open(out / "compare.csv")))
+    assert rows[0][:2] == ["partition.alpha", "final.test_acc"] and [r[0] for r in rows[1:]] == ["0.3", "0.7"]
