@@ -25,7 +25,7 @@ from fedlab_app.partition import PARTITIONERS as PARTITIONS
 Scalar = bool | int | float | str
 MODELS = ("lenet5", "cnn64")
 OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("auto", "constant", "step", "cosine")  # auto: the strategy's default (strategies.Spec.schedule)
 SCALINGS = ("none", "linear", "sqrt")
 
 
@@ -114,7 +114,7 @@ class OptimizerCfg:
 
 @dataclass(frozen=True)
 class ScheduleCfg:
-    name: str = "constant"
+    name: str = "auto"
     warmup: float = 0.0  # linear warm-up length, in the schedule's unit (rounds, or epochs when centralized)
     warmup_start: float = 0.1  # warm-up starts at warmup_start * lr (0 would waste the first unit)
     milestones: str = ""  # step: comma-separated unit indices, e.g. "30,60"
@@ -264,6 +264,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         return float(value)
     if typ is str and isinstance(value, bool):  # Hydra parses resume=true as a bool
         return str(value).lower()
+    if typ is str and isinstance(value, int):  # Hydra parses schedule.milestones=5 as an int
+        return str(value)
     if typ is int and isinstance(value, float) and value.is_integer():
         return int(value)
     ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))
@@ -318,6 +320,8 @@ def parse(run_config: Mapping[str, Scalar], strict: bool = True) -> Config:
     name = strat_raw.pop("name", "fedavg")
     check_choice("strategy.name", name, sorted(REGISTRY))
     params = build(REGISTRY[name].Params, strat_raw, "strategy", strict=strict)
+    if sections["schedule"].name == "auto":  # resolved here so that config.yaml records what ran
+        sections["schedule"] = dataclasses.replace(sections["schedule"], name=REGISTRY[name].schedule)
     top = {k: v for k, v in nested.items() if not isinstance(v, Mapping)}
     return build(Config, {**top, **sections, "strategy": StrategyCfg(name, params)}, "")
 

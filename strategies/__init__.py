@@ -20,11 +20,12 @@ class Spec:
     Params: type
     build: Callable[[Any], Any] | None = None
     run: Callable[[Any, Any], dict] | None = None
+    schedule: str = "constant"  # what schedule.name=auto (the default) resolves to for this strategy
 
 
 REGISTRY: dict[str, Spec] = {
     "fedavg": Spec(fedavg.Params, build=fedavg.build),
-    "centralized": Spec(centralized.Params, run=centralized.run),
+    "centralized": Spec(centralized.Params, run=centralized.run, schedule="cosine"),
 }
 
 

@@ -25,7 +25,7 @@ def test_fedavg_one_client_one_round_equals_centralized(tmp_path):
     momentum kept within the run, BatchNorm, dropout and augmentation re-seeded per epoch.
     Both train with one torch thread: with two, convolution sums run in another order (differences
     of ~1e-7 that 40 steps grow to ~1e-3)."""
-    common = ("model=lenet5_bn", "dataset.augment=true", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-4")
+    common = ("schedule=constant", "model=lenet5_bn", "dataset.augment=true", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-4")
     fed_sum, fed = run(tmp_path / "fed", *common, "num_clients=1", "rounds=1", "client.local_epochs=2")
     cen_sum, cen = run(tmp_path / "cen", *common, "strategy=centralized", "strategy.epochs=2", "strategy.threads=1")
     assert fed_sum["status"] == cen_sum["status"] == "finished"

@@ -56,7 +56,7 @@ def test_parse_round_trip_and_overrides():
 def test_flower_run_config_with_union_keys_parses_non_strict():
     flat = {**pyproject_run_config(), "strategy.some_other_strategy_key": 1.0}
     assert config.parse(flat, strict=False).strategy.name == "fedavg"
-    with pytest.raises(config.ConfigError, match="unknown config key 'strategy\."):
+    with pytest.raises(config.ConfigError, match=r"unknown config key 'strategy\."):
         config.parse(flat, strict=True)
 
 

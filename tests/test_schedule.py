@@ -11,7 +11,17 @@ from fedlab_app.config import ConfigError, ScheduleCfg, build
 
 
 def sched(**kw) -> ScheduleCfg:
-    return build(ScheduleCfg, kw, "schedule")
+    return build(ScheduleCfg, {"name": "constant", **kw}, "schedule")
+
+
+def test_auto_resolves_per_strategy():
+    """schedule=auto (the default) is cosine for the centralized baseline and constant for federated runs."""
+    from conftest import compose
+
+    from fedlab_app.config import flatten, parse
+    assert parse(flatten(compose())).schedule.name == "constant"
+    assert parse(flatten(compose("strategy=centralized"))).schedule.name == "cosine"
+    assert parse(flatten(compose("strategy=centralized", "schedule=step", "schedule.milestones=5"))).schedule.name == "step"
 
 
 def test_constant():
