@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -198,3 +199,25 @@ def make_optimizer(model: nn.Module, cfg: OptimizerCfg, lr: float) -> torch.opti
     if cfg.name == "lamb":
         return LAMB(param_groups(model, wd, trust=True), lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     raise ValueError(f"optimizer.name={cfg.name!r} is not supported; allowed: sgd, adamw, lars, lamb")
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> dict[str, np.ndarray]:
+    """The optimizer's per-parameter state (momentum buffers, Adam moments, step counts) as
+    ``{"<param index>.<name>": ndarray}``, for sending or keeping between rounds."""
+    out = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for name, v in st.items():
+            if v is not None:
+                out[f"{idx}.{name}"] = torch.as_tensor(v).detach().cpu().numpy().copy()
+    return out
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray]) -> None:
+    """Inverse of :func:`optimizer_state`: load the arrays into ``opt`` (hyper-parameters unchanged)."""
+    state: dict[int, dict] = {}
+    for key, arr in arrays.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = torch.from_numpy(np.array(arr))
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)

@@ -7,18 +7,18 @@ per process and cached; nothing that must survive rounds is kept in Python globa
 
 from __future__ import annotations
 
-import math
-
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.optim import make_optimizer
+from clients.optim import load_optimizer_state, make_optimizer, optimizer_state
 from clients.train import evaluate, train
 from fedlab_app import config
 from fedlab_app.local import fresh_model, local_data
 from fedlab_app.perf import tune_process
 
 app = ClientApp()
+OPT_KEY = "optimizer"  # the optimizer state's ArrayRecord: in context.state (keep), from the server (average)
+OPT_PREFIX = "optimizer/"  # ... and back to the server inside the reply's ArrayRecord (average)
 
 
 def _setup(msg: Message, context: Context):
@@ -36,16 +36,35 @@ def _setup(msg: Message, context: Context):
 
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
-    """Train the received model on this node's shard and send it back with its metrics."""
+    """Train the received model on this node's shard and send it back with its metrics.
+
+    ``local-steps`` holds one entry per partition id (0: train ``local-epochs`` epochs). With
+    ``momentum-mode`` keep, the optimizer state survives rounds in this node's ``context.state``;
+    with average, it arrives with the model (from round 2) and goes back in the reply's arrays,
+    its keys prefixed with ``optimizer/``.
+    """
     cfg, pid, local, model = _setup(msg, context)
     conf = msg.content["config"]
-    rnd, epochs, steps = int(conf["server-round"]), int(conf["local-epochs"]), int(conf["local-steps"])
+    rnd, epochs, steps = int(conf["server-round"]), int(conf["local-epochs"]), int(conf["local-steps"][pid])
+    mode = str(conf.get("momentum-mode", "reset"))
     n = len(local.y)
-    per_round = epochs if steps == 0 else math.ceil(steps / max(n // min(cfg.client.batch_size, n), 1))
-    opt = make_optimizer(model, cfg.optimizer, float(conf["lr"]))  # fresh each round: momentum is not kept
+    # data order: epochs mode continues the epoch sequence round after round (so one client with E
+    # epochs per round sees what centralized training sees); steps mode starts each round on its own
+    # block of permutations, so rounds with different step counts never reuse one
+    first_epoch = (rnd - 1) * epochs if steps == 0 else (rnd - 1) << 20
+    opt = make_optimizer(model, cfg.optimizer, float(conf["lr"]))
+    carried = context.state.get(OPT_KEY) if mode == "keep" else msg.content.get(OPT_KEY) if mode == "average" else None
+    if carried is not None:
+        load_optimizer_state(opt, {k: v.numpy() for k, v in carried.items()})
     res = train(model, local.x, local.y, local.norm, opt, batch_size=cfg.client.batch_size, seed=cfg.seed,
-                stream=pid, first_epoch=(rnd - 1) * per_round, epochs=epochs, steps=steps, augment=local.augment)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+                stream=pid, first_epoch=first_epoch, epochs=epochs, steps=steps, augment=local.augment)
+    state = {k: Array(v.contiguous().numpy()) for k, v in model.state_dict().items()}
+    if mode != "reset":
+        opt_state = {k: Array(v) for k, v in optimizer_state(opt).items()}
+        if mode == "keep":
+            context.state[OPT_KEY] = ArrayRecord(opt_state)
+        else:  # Flower's strategies expect one ArrayRecord per reply: the state travels in it, prefixed
+            state.update({OPT_PREFIX + k: v for k, v in opt_state.items()})
     metrics = MetricRecord({"num-examples": n, "examples-processed": res.num_examples, "steps": res.steps,
                             "train-loss": res.loss, "train-acc": res.acc, "compute-s": res.seconds,
                             "partition-id": pid, "diverged": int(res.diverged)})

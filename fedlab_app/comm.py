@@ -68,6 +68,7 @@ class CountingGrid:
         self._grid = grid
         self.ledger = ledger
         self.node_names = node_names if node_names is not None else {}
+        self.last_bytes: dict = {}  # bytes both ways per node in the last send_and_receive
 
     def __getattr__(self, name: str) -> Any:  # get_node_ids, run, ... pass through
         return getattr(self._grid, name)
@@ -88,8 +89,11 @@ class CountingGrid:
                 pid = rep.content["metrics"].get("partition-id")
                 if pid is not None:
                     self.node_names[rep.metadata.src_node_id] = int(pid)
-        for msg in messages:
-            self.ledger.record("down", self._name(msg.metadata.dst_node_id), message_bytes(msg))
-        for rep in replies:
-            self.ledger.record("up", self._name(rep.metadata.src_node_id), message_bytes(rep))
+        self.last_bytes = defaultdict(int)
+        for direction, items, node_of in (("down", messages, lambda m: m.metadata.dst_node_id),
+                                          ("up", replies, lambda m: m.metadata.src_node_id)):
+            for m in items:
+                name, nbytes = self._name(node_of(m)), message_bytes(m)
+                self.ledger.record(direction, name, nbytes)
+                self.last_bytes[name] += nbytes
         return replies

@@ -189,6 +189,54 @@ class SimCfg:
 
 
 @dataclass(frozen=True)
+class SystemCfg:
+    """Simulated system heterogeneity (``clients/system.py``): speeds, fixed-time rounds, network."""
+
+    profile: str = "uniform"  # uniform | ratios | lognormal
+    ratios: str = ""  # profile=ratios: one relative speed per client, e.g. "1:2:4:8"
+    sigma: float = 0.5  # profile=lognormal: std of log(speed)
+    budget: float = 0.0  # > 0: fixed-time rounds of `budget` speed-1 steps; client i runs floor(budget*s_i) steps
+    step_time_s: float = 0.0  # simulated seconds per step at speed 1 (0: use the measured compute time)
+    bandwidth_mbps: float = 0.0  # link bandwidth for the simulated transfer time (0: infinite)
+    latency_ms: float = 0.0  # one-way latency per message
+
+    def validate(self, p: str) -> None:
+        from clients.system import PROFILES, parse_ratios
+
+        check_choice(f"{p}.profile", self.profile, PROFILES)
+        if self.profile == "ratios":
+            try:
+                parse_ratios(self.ratios)
+            except ValueError:
+                check(False, f"{p}.ratios", self.ratios, 'positive numbers separated by ":", one per client, e.g. "1:2:4:8"')
+        for key in ("sigma", "budget", "step_time_s", "bandwidth_mbps", "latency_ms"):
+            v = getattr(self, key)
+            check(v >= 0 and math.isfinite(v), f"{p}.{key}", v, "a finite number >= 0")
+
+
+@dataclass(frozen=True)
+class StepsCfg:
+    """Dynamic local steps J_t (``strategies/local_steps.py``); J_0 = ``client.local_steps``."""
+
+    rule: str = "fixed"  # fixed | linear | exp | lr | adacomm | post_local
+    final: int = 0  # linear / exp: J at the last round
+    lr_power: float = 1.0  # lr: J_t = ceil(J_0 (lr_t/lr_0)^lr_power)
+    switch_round: int = 0  # post_local: J = 1 before this round, J_0 from it on
+    max: int = 0  # upper bound on J_t (0: none)
+
+    def validate(self, p: str) -> None:
+        from strategies.local_steps import RULES
+
+        check_choice(f"{p}.rule", self.rule, RULES)
+        check(self.rule not in ("linear", "exp") or self.final >= 1, f"{p}.final", self.final,
+              f"an integer >= 1 with {p}.rule={self.rule}")
+        check(math.isfinite(self.lr_power), f"{p}.lr_power", self.lr_power, "a finite number")
+        check(self.rule != "post_local" or self.switch_round >= 1, f"{p}.switch_round", self.switch_round,
+              f"an integer >= 1 with {p}.rule=post_local")
+        check(self.max >= 0, f"{p}.max", self.max, "0 (no bound) or an integer >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: DatasetCfg
     partition: PartitionCfg
@@ -199,6 +247,8 @@ class Config:
     strategy: StrategyCfg
     eval: EvalCfg
     sim: SimCfg
+    system: SystemCfg
+    steps: StepsCfg
     seed: int = 0
     num_clients: int = 10
     rounds: int = 5
@@ -218,6 +268,22 @@ class Config:
         if self.partition.name == "label_split":
             check(self.num_clients <= 10 or self.dataset.name == "cifar100", "num_clients", self.num_clients,
                   "at most the number of classes (10) with partition=label_split")
+        if self.system.profile == "ratios":
+            from clients.system import parse_ratios
+
+            n = len(parse_ratios(self.system.ratios))
+            check(n == self.num_clients, "system.ratios", self.system.ratios,
+                  f"exactly num_clients={self.num_clients} speeds (got {n})")
+        dynamic = self.steps.rule != "fixed"
+        check(not dynamic or self.client.local_steps >= 1, "client.local_steps", self.client.local_steps,
+              f"J_0 >= 1 with steps.rule={self.steps.rule}")
+        check(not dynamic or self.system.budget == 0, "system.budget", self.system.budget,
+              f"0 with steps.rule={self.steps.rule} (fixed-time rounds set the steps themselves)")
+
+    @property
+    def steps_mode(self) -> bool:
+        """Whether clients run a number of steps (J, a budget or a rule) rather than epochs."""
+        return self.client.local_steps > 0 or self.system.budget > 0
 
     @property
     def resume_requested(self) -> bool:
@@ -226,7 +292,8 @@ class Config:
 
 
 SECTIONS = {"dataset": DatasetCfg, "partition": PartitionCfg, "model": ModelCfg, "optimizer": OptimizerCfg,
-            "schedule": ScheduleCfg, "client": ClientCfg, "eval": EvalCfg, "sim": SimCfg}
+            "schedule": ScheduleCfg, "client": ClientCfg, "eval": EvalCfg, "sim": SimCfg, "system": SystemCfg,
+            "steps": StepsCfg}
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -320,6 +387,10 @@ def parse(run_config: Mapping[str, Scalar], strict: bool = True) -> Config:
     name = strat_raw.pop("name", "fedavg")
     check_choice("strategy.name", name, sorted(REGISTRY))
     params = build(REGISTRY[name].Params, strat_raw, "strategy", strict=strict)
+    spec = REGISTRY[name]
+    check(not spec.needs_steps or sections["client"].local_steps >= 1 or sections["system"].budget > 0,
+          "client.local_steps", sections["client"].local_steps,
+          f"an integer J >= 1 with strategy={name} (or fixed-time rounds, system.budget > 0)")
     if sections["schedule"].name == "auto":  # resolved here so that config.yaml records what ran
         sections["schedule"] = dataclasses.replace(sections["schedule"], name=REGISTRY[name].schedule)
     top = {k: v for k, v in nested.items() if not isinstance(v, Mapping)}

@@ -103,8 +103,11 @@ class Recorder:
         return arrays, extra
 
     def end_of_round(self, rnd: int, arrays: dict[str, np.ndarray], lr: float, clients: int, train_loss: float,
-                     train_acc: float, extra: dict | None = None) -> bool:
-        """Evaluate (when due), record and checkpoint round ``rnd``; True when the run must stop (diverged, stop_after)."""
+                     train_acc: float, extra: dict | None = None, row: dict | None = None) -> bool:
+        """Evaluate (when due), record and checkpoint round ``rnd``; True when the run must stop (diverged, stop_after).
+
+        ``extra``: tensors the checkpoint must hold besides the model; ``row``: more metrics.csv columns.
+        """
         cfg, st = self.cfg, self.state
         st.server_round = rnd
         st.wall_time_s = time.perf_counter() - self.t_start
@@ -116,7 +119,7 @@ class Recorder:
             led = st.ledger
             self.run_dir.append_metrics({
                 "round": rnd, "wall_time_s": st.wall_time_s, "sim_time_s": st.sim_time_s, "lr": lr,
-                "clients": clients, "failures": st.failures, "train_loss": train_loss, "train_acc": train_acc,
+                "clients": clients, **(row or {}), "failures": st.failures, "train_loss": train_loss, "train_acc": train_acc,
                 **self.last_eval, "messages": led.total_messages, "bytes": led.total_bytes,
                 "messages_down": led.messages["down"], "messages_up": led.messages["up"],
                 "bytes_down": led.bytes["down"], "bytes_up": led.bytes["up"]})

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-METRIC_COLUMNS = ["round", "wall_time_s", "sim_time_s", "lr", "clients", "failures", "train_loss", "train_acc",
+METRIC_COLUMNS = ["round", "wall_time_s", "sim_time_s", "lr", "clients", "local_steps", "failures", "train_loss", "train_acc",
                   "test_loss", "test_acc", "val_loss", "val_acc", "messages", "bytes", "messages_down",
                   "messages_up", "bytes_down", "bytes_up"]
 

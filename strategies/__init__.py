@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from strategies import centralized, fedavg
+from strategies import centralized, fedavg, fednova, fedopt, localsgd, slowmo, step_weighted
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,19 @@ class Spec:
     build: Callable[[Any], Any] | None = None
     run: Callable[[Any, Any], dict] | None = None
     schedule: str = "constant"  # what schedule.name=auto (the default) resolves to for this strategy
+    needs_steps: bool = False  # clients run J steps (client.local_steps >= 1 or system.budget > 0), not epochs
 
 
 REGISTRY: dict[str, Spec] = {
     "fedavg": Spec(fedavg.Params, build=fedavg.build),
     "centralized": Spec(centralized.Params, run=centralized.run, schedule="cosine"),
+    "localsgd": Spec(localsgd.Params, build=localsgd.build, needs_steps=True),
+    "slowmo": Spec(slowmo.Params, build=slowmo.build, needs_steps=True),
+    "step_weighted": Spec(step_weighted.Params, build=step_weighted.build, needs_steps=True),
+    "fednova": Spec(fednova.Params, build=fednova.build, needs_steps=True),
+    "fedavgm": Spec(fedopt.AvgMParams, build=fedopt.build_avgm),
+    "fedadam": Spec(fedopt.OptParams, build=fedopt.build_adam),
+    "fedyogi": Spec(fedopt.OptParams, build=fedopt.build_yogi),
 }
 
 

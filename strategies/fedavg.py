@@ -72,13 +72,17 @@ def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
-class FedAvgStrategy(FedAvg):
-    """Flower's FedAvg with seeded client sampling and :func:`weighted_average` as its maths."""
+class SeededSampling:
+    """Mixin for Flower strategies: seeded client sampling and the round number in every config.
 
-    def __init__(self, params: Params, seed: int, num_clients: int, fraction_evaluate: float = 0.0) -> None:
+    Put it before the Flower class (``class X(SeededSampling, FedAvg)``); ``extra_content(config)``
+    lets a subclass add records (e.g. optimizer state) to every training message.
+    """
+
+    def __init__(self, params: Params, seed: int, num_clients: int, fraction_evaluate: float = 0.0, **kw) -> None:
         super().__init__(fraction_train=params.fraction_train, fraction_evaluate=fraction_evaluate or 1.0,
                          min_train_nodes=params.min_train_clients, min_evaluate_nodes=1,
-                         min_available_nodes=num_clients)
+                         min_available_nodes=num_clients, **kw)
         self.fraction_evaluate = fraction_evaluate  # set after __init__: 0 would make Flower log a warning
         self.seed = seed
 
@@ -97,13 +101,33 @@ class FedAvgStrategy(FedAvg):
         return self._construct_messages(self._record(arrays, config), nodes, "evaluate")
 
     def _record(self, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config, **self.extra_content(config)})
+
+    def extra_content(self, config: ConfigRecord) -> dict:
+        """Records sent with the model and config (none by default)."""
+        return {}
+
+    def state(self) -> dict:
+        """Server state a checkpoint must hold to resume exactly (``{name: {key: ndarray}}``)."""
+        return {}
+
+    def load_state(self, extra: dict) -> None:
+        """Inverse of :meth:`state`."""
+
+
+def sorted_contents(replies: Iterable[Message]) -> list[RecordDict]:
+    """The replies' contents in partition-id order: a fixed summation order, whatever the arrival order."""
+    return sorted((m.content for m in replies), key=lambda c: c["metrics"].get("partition-id", 0))
+
+
+class FedAvgStrategy(SeededSampling, FedAvg):
+    """Flower's FedAvg with seeded client sampling and :func:`weighted_average` as its maths."""
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, _ = self._check_and_log_replies(replies, is_train=True)
         if not valid:
             return None, None
-        contents = sorted((m.content for m in valid), key=lambda c: c["metrics"].get("partition-id", 0))  # fixed sum order
+        contents = sorted_contents(valid)
         models = [to_numpy(c[self.arrayrecord_key]) for c in contents]
         weights = [float(c["metrics"][self.weighted_by_key]) for c in contents]
         return to_record(weighted_average(models, weights)), self.train_metrics_aggr_fn(contents, self.weighted_by_key)

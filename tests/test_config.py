@@ -10,6 +10,7 @@ from conftest import ROOT, compose
 from flwr.common.config import flatten_dict
 
 from fedlab_app import config
+from strategies import REGISTRY
 
 
 def pyproject_run_config() -> dict:
@@ -40,7 +41,12 @@ def test_every_group_option_composes_and_validates():
     for path in (ROOT / "conf").glob("*/*.yaml"):
         if path.parent.name == "experiment":
             continue
-        cfg = config.parse(config.flatten(compose(f"{path.parent.name}={path.stem}")))
+        over = [f"{path.parent.name}={path.stem}"]
+        if path.parent.name == "strategy" and REGISTRY[path.stem].needs_steps:
+            with pytest.raises(config.ConfigError, match=f"client.local_steps=0 is invalid; allowed: an integer J >= 1 with strategy={path.stem}"):
+                config.parse(config.flatten(compose(*over)))
+            over.append("client.local_steps=4")
+        cfg = config.parse(config.flatten(compose(*over)))
         assert isinstance(cfg, config.Config)
 
 
