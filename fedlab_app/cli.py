@@ -45,8 +45,17 @@ def _run_task(dcfg) -> str:
     return summary.get("status", "failed")
 
 
+def register_resolvers() -> None:
+    """OmegaConf resolvers for experiment configs: ``${div:a,b}`` = a // b (at least 1), e.g. rounds = T // J."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("div", lambda a, b: max(1, int(a) // int(b)), replace=True)
+
+
 def _hydra_main(argv: list[str]) -> int:
     import hydra
+
+    register_resolvers()
 
     statuses: list[str] = []
 

@@ -26,6 +26,9 @@ def compose(*overrides: str) -> dict:
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
+    from fedlab_app.cli import register_resolvers
+
+    register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = hcompose(config_name="config", overrides=list(overrides))
     d = OmegaConf.to_container(cfg, resolve=True)
