@@ -3,7 +3,7 @@
     fedlab run [key=value ...]            one experiment (Hydra overrides, e.g. num_clients=20 partition=dirichlet)
     fedlab run --multirun k=a,b,c ...     a sweep, one run directory per combination
     fedlab plot RUN_DIR                   redraw a run's plots from its results files
-    fedlab compare RUN_DIR... [--rows KEY --cols KEY] [--metric final.test_acc] [--out DIR]
+    fedlab compare RUN_DIR... [--rows KEY --cols KEY | --flat [--target ACC]] [--metric final.test_acc] [--out DIR]
                                           runs side by side: a table (a pivot for two keys) and plots
 """
 
@@ -80,11 +80,15 @@ def _compare(argv: list[str]) -> int:
     ap.add_argument("--cols", help="config key for the table's columns, e.g. optimizer.name")
     ap.add_argument("--metric", default="final.test_acc", help="summary field (default final.test_acc)")
     ap.add_argument("--out", help="where to write compare.csv and the plots (default: the single path, or .)")
+    ap.add_argument("--flat", action="store_true", help="one row per run (rounds, messages, MB, sim time) even "
+                    "when two keys vary")
+    ap.add_argument("--target", type=float, help="also show the round, messages and MB at which test accuracy "
+                    "first reached this value (flat table)")
     args = ap.parse_args(argv)
     if bool(args.rows) != bool(args.cols):
         ap.error("give both --rows and --cols, or neither")
     try:
-        compare(args.paths, args.rows, args.cols, args.metric, args.out)
+        compare(args.paths, args.rows, args.cols, args.metric, args.out, flat=args.flat, target=args.target)
     except FileNotFoundError as exc:
         print(f"fedlab compare: {exc}", file=sys.stderr)
         return 2

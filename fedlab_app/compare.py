@@ -92,16 +92,34 @@ def pivot(runs: list[Run], rows: str, cols: str, metric: str) -> tuple[list, lis
     return rv, cv, {(r.config.get(rows), r.config.get(cols)): cell(r, metric) for r in runs}
 
 
-def flat_table(runs: list[Run], keys: list[str], metric: str) -> tuple[list[str], list[list[str]]]:
-    """One row per run: the varying keys, the metric, rounds, messages, bytes, status."""
-    header = [*keys, metric, "rounds", "messages", "MB", "status"]
-    body = [[str(r.config.get(k)) for k in keys] + [cell(r, metric), str(r.summary.get("rounds")), str(r.get("comm.messages")),
-             f"{(r.get('comm.bytes') or 0) / 1e6:.2f}", r.summary.get("status", "?")] for r in runs]
+def first_reaching(run: Run, target: float) -> dict | None:
+    """The first metrics row whose test accuracy is at least ``target`` (None if never)."""
+    return next((m for m in run.metrics if (m.get("test_acc") or 0.0) >= target), None)
+
+
+def flat_table(runs: list[Run], keys: list[str], metric: str,
+               target: float | None = None) -> tuple[list[str], list[list[str]]]:
+    """One row per run: the varying keys, the metric, rounds, messages, MB, simulated seconds, status;
+    with ``target``: the round, messages and MB at which test accuracy first reached it."""
+    header = [*keys, metric, "rounds", "messages", "MB", "sim_s", "status"]
+    if target is not None:
+        header += [f"round@{target:g}", f"messages@{target:g}", f"MB@{target:g}"]
+    body = []
+    for r in runs:
+        row = [str(r.config.get(k)) for k in keys] + [
+            cell(r, metric), str(r.summary.get("rounds")), str(r.get("comm.messages")),
+            f"{(r.get('comm.bytes') or 0) / 1e6:.2f}", f"{r.summary.get('sim_time_s') or 0.0:.2f}",
+            r.summary.get("status", "?")]
+        if target is not None:
+            hit = first_reaching(r, target)
+            row += ([str(int(hit["round"])), str(int(hit["messages"])), f"{hit['bytes'] / 1e6:.2f}"] if hit
+                    else ["-", "-", "-"])
+        body.append(row)
     return header, body
 
 
 def compare(paths: list[str], rows: str | None = None, cols: str | None = None, metric: str = "final.test_acc",
-            out: str | None = None, console=None) -> Path:
+            out: str | None = None, console=None, flat: bool = False, target: float | None = None) -> Path:
     """Print the comparison and write compare.csv / compare.png / curves.png into ``out``; returns ``out``."""
     from rich.console import Console
     from rich.table import Table
@@ -111,7 +129,7 @@ def compare(paths: list[str], rows: str | None = None, cols: str | None = None, 
     console = console or Console()
     runs = load_runs(paths)
     keys = varying_keys(runs)
-    if rows is None and cols is None and len(keys) == 2:  # the key with more values makes the rows
+    if rows is None and cols is None and len(keys) == 2 and not flat:  # the key with more values makes the rows
         rows, cols = sorted(keys, key=lambda k: -len({repr(r.config.get(k)) for r in runs}))
     out_dir = Path(out) if out else Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path(".")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +139,7 @@ def compare(paths: list[str], rows: str | None = None, cols: str | None = None, 
         body = [[str(r), *(cells.get((r, c), "") for c in cv)] for r in rv]
         plots.plot_pivot(rv, cv, cells, rows, cols, metric, out_dir / "compare.png")
     else:
-        header, body = flat_table(runs, keys, metric)
+        header, body = flat_table(runs, keys, metric, target)
     with open(out_dir / "compare.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *body])
     plots.plot_curves([(", ".join(f"{k}={r.config.get(k)}" for k in keys) or r.path.name, r.metrics) for r in runs],

@@ -49,3 +49,19 @@ def test_flat_table_for_one_varying_key(tmp_path):
                   console=Console(file=open(tmp_path / "out.txt", "w")))
     rows = list(csv.reader(open(out / "compare.csv")))
     assert rows[0][:2] == ["partition.alpha", "final.test_acc"] and [r[0] for r in rows[1:]] == ["0.3", "0.7"]
+
+
+def test_flat_table_with_target_accuracy(tmp_path):
+    """Run a reaches 0.5 at round 2 (4 messages, 2000 bytes), run b never does."""
+    for name, accs in (("a", [0.3, 0.6]), ("b", [0.2, 0.4])):
+        make_run(tmp_path / name, accs[-1], num_clients=2 if name == "a" else 3)
+        rd = RunDir(tmp_path / name)
+        rd.metrics_path.unlink()
+        for i, acc in enumerate(accs, 1):
+            rd.append_metrics({"round": i, "test_acc": acc, "bytes": 1000 * i, "messages": 2 * i})
+    out = compare([str(tmp_path)], out=str(tmp_path / "cmp"), flat=True, target=0.5,
+                  console=Console(file=open(tmp_path / "out.txt", "w")))
+    rows = list(csv.reader(open(out / "compare.csv")))
+    assert rows[0][-3:] == ["round@0.5", "messages@0.5", "MB@0.5"]
+    assert rows[1][0] == "2" and rows[1][-3:] == ["2", "4", "0.00"]
+    assert rows[2][0] == "3" and rows[2][-3:] == ["-", "-", "-"]
