@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 from clients.optim import load_optimizer_state, make_optimizer, optimizer_state
 from clients.train import evaluate, train
 from fedlab_app import config
+from fedlab_app.gossip_client import gossip_train
 from fedlab_app.local import fresh_model, local_data
 from fedlab_app.perf import tune_process
 
@@ -30,7 +31,8 @@ def _setup(msg: Message, context: Context):
         raise ValueError(f"this node was told num-partitions={num} but the run has num_clients={cfg.num_clients}")
     local = local_data(cfg, pid, cfg.num_clients)
     model = fresh_model(cfg, local)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    if "arrays" in msg.content:  # gossip messages carry the neighbours' models instead
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return cfg, pid, local, model
 
 
@@ -45,6 +47,8 @@ def train_handler(msg: Message, context: Context) -> Message:
     """
     cfg, pid, local, model = _setup(msg, context)
     conf = msg.content["config"]
+    if "gossip" in conf:
+        return gossip_train(msg, context, cfg, pid, local, model)
     rnd, epochs, steps = int(conf["server-round"]), int(conf["local-epochs"]), int(conf["local-steps"][pid])
     mode = str(conf.get("momentum-mode", "reset"))
     n = len(local.y)
@@ -78,3 +82,10 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
     loss, acc = evaluate(model, local.x, local.y, local.norm, cfg.eval.batch_size)
     metrics = MetricRecord({"num-examples": len(local.y), "eval-loss": loss, "eval-acc": acc, "partition-id": pid})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query()
+def query_handler(msg: Message, context: Context) -> Message:
+    """Tell the server this node's partition id (gossip uses it to address node-to-node messages)."""
+    return Message(RecordDict({"metrics": MetricRecord({"partition-id": int(context.node_config["partition-id"])})}),
+                   reply_to=msg)

@@ -2,7 +2,8 @@
 
 Bytes are the payload of the message's ArrayRecords as Flower counts them
 (``ArrayRecord.count_bytes()``: the serialized array data, keys and metadata); config and metric
-records (a few dozen bytes) are not counted. "down" = server -> client, "up" = client -> server.
+records (a few dozen bytes) are not counted. "down" = server -> client, "up" = client -> server, "p2p" = node -> node (gossip: each nonzero
+off-diagonal mixing weight is one model sent; in simulation the ServerApp relays it).
 Per-node counts are kept by partition id when the reply carries it, else by Flower node id.
 """
 
@@ -26,8 +27,8 @@ class Ledger:
     """Cumulative message and byte counts, per direction and per node."""
 
     def __init__(self) -> None:
-        self.messages = {"down": 0, "up": 0}
-        self.bytes = {"down": 0, "up": 0}
+        self.messages = {"down": 0, "up": 0, "p2p": 0}
+        self.bytes = {"down": 0, "up": 0, "p2p": 0}
         self.per_node: dict[str, dict[str, int]] = defaultdict(lambda: {"messages": 0, "bytes": 0})
 
     def record(self, direction: str, node: Any, nbytes: int) -> None:
@@ -38,13 +39,22 @@ class Ledger:
         entry["messages"] += 1
         entry["bytes"] += nbytes
 
+    def transfer(self, src: Any, dst: Any, nbytes: int) -> None:
+        """Count one node-to-node message: once in the totals, in both nodes' per-node load."""
+        self.messages["p2p"] += 1
+        self.bytes["p2p"] += nbytes
+        for node in (src, dst):
+            entry = self.per_node[str(node)]
+            entry["messages"] += 1
+            entry["bytes"] += nbytes
+
     @property
     def total_messages(self) -> int:
-        return self.messages["down"] + self.messages["up"]
+        return sum(self.messages.values())
 
     @property
     def total_bytes(self) -> int:
-        return self.bytes["down"] + self.bytes["up"]
+        return sum(self.bytes.values())
 
     def state(self) -> dict:
         """JSON-able snapshot (for checkpoints and summary.json)."""

@@ -386,15 +386,20 @@ def parse(run_config: Mapping[str, Scalar], strict: bool = True) -> Config:
     strat_raw = dict(nested.get("strategy", {}))
     name = strat_raw.pop("name", "fedavg")
     check_choice("strategy.name", name, sorted(REGISTRY))
-    params = build(REGISTRY[name].Params, strat_raw, "strategy", strict=strict)
     spec = REGISTRY[name]
+    params = build(spec.Params, strat_raw, "strategy", strict=strict)
+    if spec.resolve is not None:
+        params = spec.resolve(params)
     check(not spec.needs_steps or sections["client"].local_steps >= 1 or sections["system"].budget > 0,
           "client.local_steps", sections["client"].local_steps,
           f"an integer J >= 1 with strategy={name} (or fixed-time rounds, system.budget > 0)")
     if sections["schedule"].name == "auto":  # resolved here so that config.yaml records what ran
         sections["schedule"] = dataclasses.replace(sections["schedule"], name=REGISTRY[name].schedule)
     top = {k: v for k, v in nested.items() if not isinstance(v, Mapping)}
-    return build(Config, {**top, **sections, "strategy": StrategyCfg(name, params)}, "")
+    cfg = build(Config, {**top, **sections, "strategy": StrategyCfg(name, params)}, "")
+    if spec.check is not None:
+        spec.check(cfg)
+    return cfg
 
 
 def to_nested(cfg: Config) -> dict[str, Any]:

@@ -146,3 +146,42 @@ def plot_curves(series: list[tuple[str, list[dict]]], path: Path) -> Path:
     if len(series) <= 12:
         a1.legend(fontsize=7)
     return _save(fig, path)
+
+
+def plot_mixing_matrix(W: np.ndarray, path, title: str = "") -> Path:
+    """Save a heatmap of the mixing matrix ``W`` (x: sender j, y: receiver i) with its spectral gap in the title.
+
+    Parameters
+    ----------
+    W : np.ndarray
+        Mixing matrix, shape (M, M); ``x_i <- sum_j W[i, j] x_j``.
+    path : str or os.PathLike
+        Output PNG; its parent directories are created.
+    title : str, optional
+        Title prefix (default ``"mixing matrix (M nodes)"``).
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    from strategies.mixing import spectral_gap
+
+    W = np.asarray(W, dtype=np.float64)
+    m = W.shape[0]
+    gap = spectral_gap(W)
+    head = title or f"mixing matrix ({m} nodes)"
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    im = ax.imshow(W, cmap="viridis", vmin=0.0, vmax=max(float(W.max()), 1e-12), interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="weight W[i, j]")
+    if m <= 10:  # small enough to print every entry
+        for i in range(m):
+            for j in range(m):
+                if W[i, j] != 0:
+                    ax.text(j, i, f"{W[i, j]:.2g}", ha="center", va="center", fontsize=7,
+                            color="black" if W[i, j] > 0.6 * W.max() else "white")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="sender j", ylabel="receiver i",
+           title=head if gap is None else f"{head}\nspectral gap {gap:.4g}")
+    return _save(fig, Path(path))

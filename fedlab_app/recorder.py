@@ -102,6 +102,10 @@ class Recorder:
         self.t_start = time.perf_counter() - self.state.wall_time_s
         return arrays, extra
 
+    def eval_due(self, rnd: int) -> bool:
+        """Whether round ``rnd`` is evaluated (every ``eval.every`` rounds and the last)."""
+        return rnd % self.cfg.eval.every == 0 or rnd == self.total
+
     def end_of_round(self, rnd: int, arrays: dict[str, np.ndarray], lr: float, clients: int, train_loss: float,
                      train_acc: float, extra: dict | None = None, row: dict | None = None) -> bool:
         """Evaluate (when due), record and checkpoint round ``rnd``; True when the run must stop (diverged, stop_after).
@@ -113,7 +117,7 @@ class Recorder:
         st.wall_time_s = time.perf_counter() - self.t_start
         num_classes = self.evaluator.data.num_classes
         diverged = is_diverged(train_loss, num_classes)
-        if rnd % cfg.eval.every == 0 or rnd == self.total or diverged:
+        if self.eval_due(rnd) or diverged:
             self.last_eval = self.evaluator(arrays)
             diverged = diverged or is_diverged(self.last_eval.get("test_loss", 0.0), num_classes)
             led = st.ledger
@@ -122,7 +126,8 @@ class Recorder:
                 "clients": clients, **(row or {}), "failures": st.failures, "train_loss": train_loss, "train_acc": train_acc,
                 **self.last_eval, "messages": led.total_messages, "bytes": led.total_bytes,
                 "messages_down": led.messages["down"], "messages_up": led.messages["up"],
-                "bytes_down": led.bytes["down"], "bytes_up": led.bytes["up"]})
+                "bytes_down": led.bytes["down"], "bytes_up": led.bytes["up"], "messages_p2p": led.messages["p2p"],
+                "bytes_p2p": led.bytes["p2p"]})
             log.info("[%s %d/%d] test_acc=%.4f test_loss=%.4f train_loss=%.4f lr=%.4g | %d msgs %.2f MB | %.1fs",
                      self.unit, rnd, self.total, self.last_eval.get("test_acc", math.nan),
                      self.last_eval.get("test_loss", math.nan), train_loss, lr, led.total_messages,
@@ -171,6 +176,7 @@ def make_summary(cfg: Config, state: LoopState, last_eval: dict, status: str) ->
         "final": {"round": state.server_round, **last_eval},
         "comm": {"messages": led.total_messages, "bytes": led.total_bytes, "messages_down": led.messages["down"],
                  "messages_up": led.messages["up"], "bytes_down": led.bytes["down"], "bytes_up": led.bytes["up"],
+                 "messages_p2p": led.messages["p2p"], "bytes_p2p": led.bytes["p2p"],
                  "max_node_messages": max((v["messages"] for v in per_node.values()), default=0),
                  "per_node": per_node},
         "wall_time_s": state.wall_time_s, "sim_time_s": state.sim_time_s, "failures": state.failures,

@@ -28,8 +28,10 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
         ("test accuracy", f"{final['test_acc']:.4f}" if "test_acc" in final else "-"),
         ("test loss", f"{final['test_loss']:.4f}" if "test_loss" in final else "-"),
         ("validation accuracy", f"{final['val_acc']:.4f}" if "val_acc" in final else "-"),
-        ("messages (down / up)", f"{comm.get('messages', 0)} ({comm.get('messages_down', 0)} / {comm.get('messages_up', 0)})"),
-        ("bytes (down / up)", f"{_mb(comm.get('bytes', 0))} ({_mb(comm.get('bytes_down', 0))} / {_mb(comm.get('bytes_up', 0))})"),
+        ("messages (down / up / node-to-node)", f"{comm.get('messages', 0)} ({comm.get('messages_down', 0)} / "
+         f"{comm.get('messages_up', 0)} / {comm.get('messages_p2p', 0)})"),
+        ("bytes (down / up / node-to-node)", f"{_mb(comm.get('bytes', 0))} ({_mb(comm.get('bytes_down', 0))} / "
+         f"{_mb(comm.get('bytes_up', 0))} / {_mb(comm.get('bytes_p2p', 0))})"),
         ("max messages per node", str(comm.get("max_node_messages", "-"))),
         ("wall time / simulated time", f"{summary.get('wall_time_s', 0):.1f} s / {summary.get('sim_time_s', 0):.1f} s"),
         ("client failures", str(summary.get("failures", 0))),

@@ -11,7 +11,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 import strategies
-from fedlab_app import config, server_loop
+from fedlab_app import config
 from fedlab_app.results import RunDir, default_out_dir
 
 app = ServerApp()
@@ -41,7 +41,7 @@ def main(grid: Grid, context: Context) -> None:
     setup_logging()
     cfg = config.parse(context.run_config, strict=False)
     run_dir = resolve_run_dir(cfg)
-    record_failure(run_dir, lambda: server_loop.run(cfg, grid, strategies.build(cfg), run_dir))
+    record_failure(run_dir, lambda: strategies.run_on_grid(cfg, grid, run_dir))
 
 
 def record_failure(run_dir: RunDir, fn):

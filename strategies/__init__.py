@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from strategies import centralized, fedavg, fednova, fedopt, localsgd, slowmo, step_weighted
+from strategies import centralized, fedavg, fednova, fedopt, gossip, localsgd, slowmo, step_weighted
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,23 @@ class Spec:
     run: Callable[[Any, Any], dict] | None = None
     schedule: str = "constant"  # what schedule.name=auto (the default) resolves to for this strategy
     needs_steps: bool = False  # clients run J steps (client.local_steps >= 1 or system.budget > 0), not epochs
+    loop: Callable[[Any, Any, Any], dict] | None = None  # its own round loop over the Flower grid (gossip)
+    check: Callable[[Any], None] | None = None  # more checks of the whole config before anything starts
+    resolve: Callable[[Any], Any] | None = None  # Params -> Params with "auto" values resolved (recorded as run)
+
+
+def _gossip_loop(cfg, grid, run_dir) -> dict:
+    from fedlab_app.gossip_loop import run  # the loop needs the app's results machinery
+
+    return run(cfg, grid, run_dir)
+
+
+def _gossip_check(method: str) -> Callable[[Any], None]:
+    return lambda cfg: gossip.check_setup(method, cfg.strategy.params, cfg.num_clients, cfg.seed)
+
+
+def _gossip_resolve(method: str) -> Callable[[Any], Any]:
+    return lambda params: gossip.resolved(method, params)
 
 
 REGISTRY: dict[str, Spec] = {
@@ -34,6 +51,8 @@ REGISTRY: dict[str, Spec] = {
     "fedavgm": Spec(fedopt.AvgMParams, build=fedopt.build_avgm),
     "fedadam": Spec(fedopt.OptParams, build=fedopt.build_adam),
     "fedyogi": Spec(fedopt.OptParams, build=fedopt.build_yogi),
+    **{m: Spec(gossip.Params, loop=_gossip_loop, check=_gossip_check(m),
+                 resolve=_gossip_resolve(m)) for m in gossip.METHODS},
 }
 
 
@@ -44,3 +63,13 @@ def build(cfg) -> Any:
         raise ValueError(f"strategy.name={cfg.strategy.name!r} runs without Flower: start it with "
                          f"`fedlab run strategy={cfg.strategy.name}`, not through a ServerApp")
     return spec.build(cfg)
+
+
+def run_on_grid(cfg, grid, run_dir) -> dict:
+    """Run the configured strategy over a Flower grid: its own loop (gossip) or the synchronous round loop."""
+    spec = REGISTRY[cfg.strategy.name]
+    if spec.loop is not None:
+        return spec.loop(cfg, grid, run_dir)
+    from fedlab_app import server_loop
+
+    return server_loop.run(cfg, grid, build(cfg), run_dir)

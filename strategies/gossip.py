@@ -1,0 +1,192 @@
+"""Peer-to-peer gossip: D-PSGD, SGP (push-sum) and GoSGD as one push-sum recursion.
+
+Every node i holds a numerator y_i (a model) and a weight w_i; it trains on the de-biased model
+z_i = y_i / w_i. Each round t every node runs J local steps on z_i (then y_i = z_i w_i), and the
+nodes mix with a matrix A(t) (``strategies/mixing.py``; node j sends A_ij y_j, A_ij w_j to node i):
+
+    y_i <- A_ii y_i + sum_{j != i} A_ij (y_j + noise_ij)        w_i <- sum_j A_ij w_j
+
+    dpsgd  (Lian et al., "Can Decentralized Algorithms Outperform Centralized Algorithms?", NeurIPS
+           2017): A = W doubly stochastic (or row-stochastic), w_i = 1 for ever: x_i <- sum_j W_ij x_j.
+           With a row-stochastic W the nodes still agree, but on a point that drifts away from the
+           plain average of their models (reported as ``avg_drift``).
+    sgp    (Assran et al., "Stochastic Gradient Push for Distributed Deep Learning", ICML 2019):
+           A column-stochastic (default: the time-varying directed exponential graph); w_i varies.
+    gosgd  (Blot et al., "Gossip training for deep learning", 2016): w_i = alpha_i = 1/M at the start;
+           each node with probability p halves its (alpha_i, y_i) and pushes the halves to one random
+           peer, who adds them: x_j <- (alpha_j x_j + alpha_i x_i)/(alpha_i + alpha_j),
+           alpha_j <- alpha_i + alpha_j. That is push-sum with the GoSGD push matrix.
+
+Column-stochastic A conserves sum_i w_i and sum_i y_i (tested); the consensus model reported and
+evaluated is x_bar = sum_i y_i / sum_i w_i. ``noise_std`` sigma adds N(0, sigma_t^2) to every
+transmitted model (sigma_t = sigma * noise_decay^(t-1)); sigma = 0 adds nothing (tested equal).
+
+Config keys (``strategy.*``): ``matrix`` (``auto``: the method's default, or one of ``mixing.MATRICES``), ``p`` (GoSGD push probability,
+random-graph edge probability), ``density`` (random stochastic matrices), ``edges`` (an edge list
+"0-1,1-2"), ``custom`` (a matrix "a,b;c,d"; rows are receivers), ``noise_std``, ``noise_decay``, ``node_eval_samples``
+(test samples for the per-node accuracies; 0 = none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedlab_app.config import check, check_choice
+
+METHODS = ("dpsgd", "sgp", "gosgd")
+
+
+@dataclass(frozen=True)
+class Params:
+    matrix: str = "auto"  # auto: ring (dpsgd), directed_exponential (sgp), gosgd (gosgd)
+    p: float = 0.5
+    density: float = 1.0
+    edges: str = ""
+    custom: str = ""
+    noise_std: float = 0.0
+    noise_decay: float = 1.0
+    node_eval_samples: int = 1000
+
+    def validate(self, p: str) -> None:
+        from strategies import mixing
+
+        check_choice(f"{p}.matrix", self.matrix, ("auto", *mixing.MATRICES))
+        check(0.0 < self.p <= 1.0, f"{p}.p", self.p, "0 < p <= 1")
+        check(0.0 < self.density <= 1.0, f"{p}.density", self.density, "0 < density <= 1")
+        check(self.noise_std >= 0 and np.isfinite(self.noise_std), f"{p}.noise_std", self.noise_std, "a number >= 0")
+        check(0.0 < self.noise_decay <= 1.0, f"{p}.noise_decay", self.noise_decay, "0 < decay <= 1")
+        check(self.node_eval_samples >= 0, f"{p}.node_eval_samples", self.node_eval_samples, "an integer >= 0")
+
+
+def mix(self_coef: float, own: dict[str, np.ndarray], coefs: Sequence[float],
+        incoming: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``self_coef * own + sum_j coefs[j] * incoming[j]``, float64 inside, cast back to ``own``'s dtypes.
+
+    The same function runs on the node (mixing what it received) and on the server (mirroring the
+    node's state for evaluation and checkpoints), so both hold bit-identical models.
+    """
+    out = {}
+    for k, v in own.items():
+        acc = self_coef * v.astype(np.float64)
+        for c, m in zip(coefs, incoming):
+            acc = acc + c * m[k].astype(np.float64)
+        out[k] = np.rint(acc).astype(v.dtype) if np.issubdtype(v.dtype, np.integer) else acc.astype(v.dtype)
+    return out
+
+
+def mix_weight(self_coef: float, own: float, coefs: Sequence[float], incoming: Sequence[float]) -> float:
+    """``self_coef * own + sum_j coefs[j] * incoming[j]`` in this order (node and server alike)."""
+    w = self_coef * own
+    for c, v in zip(coefs, incoming):
+        w += c * v
+    return w
+
+
+def senders(A: np.ndarray, i: int) -> list[int]:
+    """The nodes j != i that send to node i (``A[i, j] != 0``), in increasing order."""
+    return [j for j in range(A.shape[0]) if j != i and A[i, j] != 0.0]
+
+
+def mix_all(A: np.ndarray, ys: Sequence[dict[str, np.ndarray]], ws: Sequence[float],
+            sent: dict[tuple[int, int], dict[str, np.ndarray]] | None = None) -> tuple[list[dict], list[float]]:
+    """One gossip step for all nodes: ``y_i <- A_ii y_i + sum_{j != i} A_ij y~_ji``, ``w <- A w``.
+
+    ``sent[(j, i)]`` is what node i received from node j (``y_j`` plus link noise); default ``y_j``.
+    """
+    new_y, new_w = [], []
+    for i in range(len(ys)):
+        src = senders(A, i)
+        coefs = [float(A[i, j]) for j in src]
+        new_y.append(mix(float(A[i, i]), ys[i], coefs, [sent[(j, i)] if sent is not None else ys[j] for j in src]))
+        new_w.append(mix_weight(float(A[i, i]), float(ws[i]), coefs, [float(ws[j]) for j in src]))
+    return new_y, new_w
+
+
+def link_noise(y: dict[str, np.ndarray], sigma: float, seed: int, t: int, src: int, dst: int) -> dict[str, np.ndarray]:
+    """``y`` plus N(0, sigma^2) on every float entry, seeded by (seed, round, sender, receiver); sigma=0: ``y``."""
+    if sigma == 0.0:
+        return y
+    rng = np.random.default_rng(np.random.SeedSequence([seed, t, src, dst, 0x90551]))
+    return {k: (v + rng.normal(0.0, sigma, v.shape)).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
+            for k, v in y.items()}
+
+
+def debias(y: dict[str, np.ndarray], w: float) -> dict[str, np.ndarray]:
+    """The model a node trains and is evaluated on: ``z = y / w`` (float entries only)."""
+    return {k: (v / w).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in y.items()}
+
+
+def consensus(ys: Sequence[dict[str, np.ndarray]], ws: np.ndarray) -> dict[str, np.ndarray]:
+    """The consensus model ``x_bar = sum_i y_i / sum_i w_i`` (float64 inside)."""
+    total = float(np.sum(ws))
+    out = {}
+    for k, v in ys[0].items():
+        acc = sum(y[k].astype(np.float64) for y in ys) / total
+        out[k] = np.rint(acc).astype(v.dtype) if np.issubdtype(v.dtype, np.integer) else acc.astype(v.dtype)
+    return out
+
+
+def distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """Euclidean distance between two models over their float entries (the consensus drift of a round)."""
+    return float(np.sqrt(sum(np.sum((a[k].astype(np.float64) - b[k].astype(np.float64)) ** 2)
+                             for k in a if np.issubdtype(a[k].dtype, np.floating))))
+
+
+def consensus_distance(zs: Sequence[dict[str, np.ndarray]]) -> float:
+    """``(1/M) sum_i ||z_i - z_mean||^2`` over all float entries (z_mean the plain mean of the z_i)."""
+    keys = [k for k, v in zs[0].items() if np.issubdtype(v.dtype, np.floating)]
+    flat = np.stack([np.concatenate([z[k].ravel().astype(np.float64) for k in keys]) for z in zs])  # (M, P)
+    return float(np.mean(np.sum((flat - flat.mean(0)) ** 2, axis=1)))
+
+
+DEFAULT_MATRIX = {"dpsgd": "ring", "sgp": "directed_exponential", "gosgd": "gosgd"}
+ACCEPTS = {"dpsgd": ("doubly", "row"), "sgp": ("column", "doubly"), "gosgd": ("column",)}
+
+
+def initial_weight(method: str, m: int) -> float:
+    """w_i at the start: GoSGD's alpha_i = 1/M; 1 for D-PSGD and SGP."""
+    return 1.0 / m if method == "gosgd" else 1.0
+
+
+def matrix_at(params: Params, m: int, t: int, seed: int) -> np.ndarray:
+    """The mixing matrix of round ``t``: drawn afresh each round when time-varying, else the round-0 one."""
+    from strategies import mixing
+
+    t = t if params.matrix in mixing.TIME_VARYING else 0
+    rng = np.random.default_rng(np.random.SeedSequence([seed, t, 0x313]))
+    return mixing.build_matrix(params.matrix, m, t, rng, p=params.p, density=params.density, edges=params.edges,
+                               custom=params.custom)
+
+
+def resolved(method: str, params: Params) -> Params:
+    """``params`` with ``matrix=auto`` replaced by the method's default matrix."""
+    import dataclasses
+
+    return dataclasses.replace(params, matrix=DEFAULT_MATRIX[method]) if params.matrix == "auto" else params
+
+
+def check_setup(method: str, params: Params, m: int, seed: int) -> None:
+    """Refuse, before training, a matrix the method cannot use with ``m`` nodes (raises ConfigError)."""
+    from fedlab_app.config import ConfigError
+    from strategies import mixing
+
+    name = params.matrix
+    if method == "gosgd":
+        check(name == "gosgd", "strategy.matrix", name, "gosgd (GoSGD mixes by its random pushes)")
+    need = mixing.KIND.get(name)
+    if need is not None:
+        check(need in ACCEPTS[method], "strategy.matrix", name,
+              f"a matrix that is {' or '.join(ACCEPTS[method])}-stochastic for strategy={method} ({name} is {need})")
+    key = {"edges": "strategy.edges", "custom": "strategy.custom"}.get(name, "strategy.matrix")
+    try:
+        W = matrix_at(params, m, 1, seed)
+        if need is None:
+            mixing.check_matrix(W, ACCEPTS[method][0], "strategy.custom")
+    except ValueError as exc:
+        raise ConfigError(f"{key}={getattr(params, key.split('.')[1])!r} is invalid with num_clients={m}: {exc}") from None
+    if name not in mixing.TIME_VARYING and m > 1:
+        check(mixing.is_connected((W + W.T) > 0), key, getattr(params, key.split(".")[1]),
+              f"a connected graph (the nodes could never agree otherwise) with num_clients={m}")

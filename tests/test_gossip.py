@@ -1,0 +1,97 @@
+"""Gossip maths (strategies/gossip.py): mixing, push-sum conservation, GoSGD merges, noise, consensus,
+and the checks that refuse unusable matrices before training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import compose
+
+from fedlab_app import config
+from strategies import gossip, mixing
+from strategies.fedavg import weighted_average
+
+
+def models(m, seed=0, shape=(4, 3)):
+    rng = np.random.default_rng(seed)
+    return [{"w": rng.normal(size=shape).astype(np.float32), "n": np.array(i, np.int64)} for i in range(m)]
+
+
+def test_mix_hand_computed():
+    """0.5*[2, 4] + 0.25*[0, 8] + 0.25*[4, 0] = [2, 4]; weights 0.5*1 + 0.25*2 + 0.25*1 = 1.25."""
+    own, a, b = ({"w": np.array(v, np.float32)} for v in ([2, 4], [0, 8], [4, 0]))
+    np.testing.assert_array_equal(gossip.mix(0.5, own, [0.25, 0.25], [a, b])["w"], [2.0, 4.0])
+    assert gossip.mix_weight(0.5, 1.0, [0.25, 0.25], [2.0, 1.0]) == 1.25
+
+
+def test_uniform_matrix_gives_every_node_the_plain_average():
+    """D-PSGD with W = 1/M: every node holds LocalSGD's average."""
+    ys = models(5)
+    new_y, new_w = gossip.mix_all(mixing.uniform_matrix(5), ys, [1.0] * 5)
+    avg = weighted_average(ys, [1] * 5)
+    for y in new_y:
+        np.testing.assert_allclose(y["w"], avg["w"], rtol=0, atol=1e-7)
+    assert new_w == pytest.approx([1.0] * 5)
+
+
+@pytest.mark.parametrize("m", [2, 5, 8])
+def test_column_stochastic_mixing_conserves_total_weight_and_mass(m):
+    rng = np.random.default_rng(m)
+    ys, ws = models(m), list(rng.uniform(0.5, 2.0, m))
+    for t in range(6):
+        A = mixing.directed_exponential(m, t) if t % 2 else mixing.gosgd_matrix(m, 0.7, rng)
+        new_y, new_w = gossip.mix_all(A, ys, ws)
+        assert sum(new_w) == pytest.approx(sum(ws), rel=1e-12)
+        np.testing.assert_allclose(sum(y["w"].astype(np.float64) for y in new_y),
+                                   sum(y["w"].astype(np.float64) for y in ys), rtol=0, atol=1e-5)
+        ys, ws = new_y, new_w
+
+
+def test_gosgd_push_is_blot_et_al_merge():
+    """Node 0 (alpha 0.5, x=[4]) pushes to node 1 (alpha 0.25, x=[1]): node 0 keeps alpha 0.25 and x=[4];
+    node 1: x = (0.25*1 + 0.25*4)/(0.25 + 0.25) = 2.5, alpha = 0.5. In push-sum form y = alpha*x."""
+    A = np.array([[0.5, 0.0], [0.5, 1.0]])  # column 0: node 0 keeps 1/2, sends 1/2 to node 1
+    ys = [{"w": np.array([0.5 * 4.0])}, {"w": np.array([0.25 * 1.0])}]
+    new_y, new_w = gossip.mix_all(A, ys, [0.5, 0.25])
+    assert new_w == pytest.approx([0.25, 0.5])
+    assert gossip.debias(new_y[0], new_w[0])["w"][0] == pytest.approx(4.0)
+    assert gossip.debias(new_y[1], new_w[1])["w"][0] == pytest.approx(2.5)
+
+
+def test_noise_zero_is_noiseless_and_noise_is_seeded():
+    y = models(1)[0]
+    assert gossip.link_noise(y, 0.0, seed=0, t=1, src=0, dst=1) is y
+    a = gossip.link_noise({"w": np.zeros((200, 200), np.float32)}, 0.1, 0, 1, 0, 1)["w"]
+    assert abs(a.std() - 0.1) < 0.005 and a.dtype == np.float32
+    np.testing.assert_array_equal(a, gossip.link_noise({"w": np.zeros((200, 200), np.float32)}, 0.1, 0, 1, 0, 1)["w"])
+    assert not np.array_equal(a, gossip.link_noise({"w": np.zeros((200, 200), np.float32)}, 0.1, 0, 1, 1, 0)["w"])
+
+
+def test_consensus_and_distance_hand_computed():
+    """z = [0, 0], [2, 0], [4, 0] -> mean [2, 0], squared distances 4, 0, 4 -> (1/3)*8."""
+    zs = [{"w": np.array(v, np.float32)} for v in ([0, 0], [2, 0], [4, 0])]
+    assert gossip.consensus_distance(zs) == pytest.approx(8 / 3)
+    ys = [{"w": np.array([1.0, 2.0])}, {"w": np.array([3.0, 2.0])}]
+    np.testing.assert_allclose(gossip.consensus(ys, [0.5, 1.5])["w"], [2.0, 2.0])
+    assert gossip.distance({"w": np.array([0.0, 3.0])}, {"w": np.array([4.0, 0.0])}) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("over, message", [
+    (("strategy=dpsgd", "strategy.matrix=torus", "num_clients=8"), "torus"),
+    (("strategy=dpsgd", "strategy.matrix=edges", "strategy.edges='0-1,2-3'", "num_clients=4"), "a connected graph"),
+    (("strategy=dpsgd", "strategy.matrix=edges", "strategy.edges=0-9", "num_clients=4"), "strategy.edges='0-9' is invalid"),
+    (("strategy=dpsgd", "strategy.matrix=custom", "strategy.custom='0.5,0.6;0.5,0.5'", "num_clients=2"), "strategy.custom"),
+    (("strategy=dpsgd", "strategy.matrix=column_random", "num_clients=4"), "doubly or row-stochastic"),
+    (("strategy=sgp", "strategy.matrix=row_random", "num_clients=4"), "column or doubly-stochastic"),
+    (("strategy=gosgd", "strategy.matrix=ring", "num_clients=4"), "gosgd"),
+    (("strategy=gosgd", "strategy.p=0", "num_clients=4"), "strategy.p=0.0 is invalid; allowed: 0 < p <= 1"),
+    (("strategy=dpsgd", "strategy.matrix=hypercube"), "strategy.matrix='hypercube' is invalid"),
+])
+def test_bad_gossip_setups_are_refused_before_training(over, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.parse(config.flatten(compose(*over)))
+
+
+def test_auto_matrix_resolves_per_method():
+    cfg = lambda m: config.parse(config.flatten(compose(f"strategy={m}", "num_clients=8")))  # noqa: E731
+    assert [cfg(m).strategy.params.matrix for m in ("dpsgd", "sgp", "gosgd")] == ["ring", "directed_exponential", "gosgd"]
