@@ -175,3 +175,27 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalize
         correct += int((out.argmax(1) == yb).sum())
     n = max(len(y), 1)
     return loss_sum / n, correct / n
+
+
+@torch.no_grad()
+def confusion_matrix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer, num_classes: int,
+                     batch_size: int = 1024) -> np.ndarray:
+    """``C[true, predicted]`` counts of ``model`` on ``(x, y)``, shape (num_classes, num_classes)."""
+    model.eval()
+    conf = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    for i in range(0, len(y), batch_size):
+        pred = model(norm(x[i:i + batch_size])).argmax(1)
+        conf += torch.bincount(y[i:i + batch_size] * num_classes + pred, minlength=num_classes * num_classes)
+    return conf.view(num_classes, num_classes).numpy()
+
+
+def classification_report(conf: np.ndarray) -> dict[str, list[float]]:
+    """Per-class precision, recall, F1 and support from a confusion matrix (0 where undefined)."""
+    tp = np.diag(conf).astype(np.float64)
+    predicted, actual = conf.sum(0).astype(np.float64), conf.sum(1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    s = precision + recall
+    f1 = np.divide(2 * precision * recall, s, out=np.zeros_like(tp), where=s > 0)
+    return {"precision": precision.round(4).tolist(), "recall": recall.round(4).tolist(), "f1": f1.round(4).tolist(),
+            "support": actual.astype(int).tolist()}

@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 from clients.optim import load_optimizer_state, make_optimizer, optimizer_state
 from clients.train import evaluate, train
 from fedlab_app import config
+from fedlab_app.async_client import async_train
 from fedlab_app.gossip_client import gossip_train
 from fedlab_app.local import fresh_model, local_data
 from fedlab_app.perf import tune_process
@@ -49,6 +50,8 @@ def train_handler(msg: Message, context: Context) -> Message:
     conf = msg.content["config"]
     if "gossip" in conf:
         return gossip_train(msg, context, cfg, pid, local, model)
+    if "async" in conf:
+        return async_train(msg, context, cfg, pid, local, model)
     rnd, epochs, steps = int(conf["server-round"]), int(conf["local-epochs"]), int(conf["local-steps"][pid])
     mode = str(conf.get("momentum-mode", "reset"))
     n = len(local.y)

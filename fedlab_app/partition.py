@@ -10,6 +10,8 @@ Schemes (``partition_indices(labels, K, scheme, seed, ...)``):
                    Labels no client drew are left out.
 - ``label_split``  disjoint label sets: label rank r (in the sorted distinct labels) goes to client
                    r % K. Deterministic (the seed is not used); needs K <= number of labels.
+- ``full``         every client gets the whole training set (not a partition: the async-SGD study's
+                   "every worker sees all data" placement)
 - ``shard``        sort by label, cut into K * ``shards_per_client`` equal shards, deal them out at
                    random (McMahan et al. 2017); the N mod (K * shards) leftover samples are unused.
 
@@ -32,7 +34,7 @@ import warnings
 
 import numpy as np
 
-PARTITIONERS = ("iid", "dirichlet", "pathological", "label_split", "shard")
+PARTITIONERS = ("iid", "dirichlet", "pathological", "label_split", "shard", "full")
 _FAST_READ = True  # read the partitioners' computed assignment instead of 100 x load_partition
 
 
@@ -108,7 +110,7 @@ def partition_indices(labels: np.ndarray, num_partitions: int, scheme: str, seed
     Returns
     -------
     list[np.ndarray]
-        K sorted, disjoint int64 index arrays into ``labels``.
+        K sorted int64 index arrays into ``labels``, disjoint except for ``full`` (all of them, each).
 
     Raises
     ------
@@ -127,6 +129,8 @@ def partition_indices(labels: np.ndarray, num_partitions: int, scheme: str, seed
 
     if scheme == "iid":  # == IidPartitioner(k) on the shuffled dataset (contiguous shards)
         parts = np.array_split(perm, k)
+    elif scheme == "full":  # every client sees the whole training set (the async study's "dataset" mode)
+        parts = [perm] * k
     elif scheme == "label_split":
         if k > len(classes):
             raise ValueError(f"num_partitions must be <= the number of distinct labels "

@@ -64,7 +64,40 @@ def plot_run(run_dir: RunDir) -> list[Path]:
     ax.set(xlabel="cumulative communication (MB, both directions)", ylabel="test accuracy", title=title)
     ax.grid(alpha=0.3)
     out.append(_save(fig, run_dir.plots_dir / "communication.png"))
+    if _series(rows, "consensus_dist")[0]:
+        out.append(plot_gossip(rows, run_dir.plots_dir / "gossip.png", title))
     return out
+
+
+def plot_gossip(rows: list[dict], path: Path, title: str = "") -> Path:
+    """Gossip runs: consensus-model accuracy with the nodes' min/mean/max, and the consensus distance."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    xs, acc = _series(rows, "test_acc")
+    a1.plot(xs, acc, marker="o", ms=3, label="consensus model x_bar")
+    nx, mean = _series(rows, "node_acc_mean")
+    if nx:
+        lo, hi = _series(rows, "node_acc_min")[1], _series(rows, "node_acc_max")[1]
+        a1.plot(nx, mean, marker=".", label="nodes: mean (band: min-max)")
+        a1.fill_between(nx, lo, hi, alpha=0.2)
+    a1.set(xlabel="round", ylabel="test accuracy", title=title)
+    a1.grid(alpha=0.3)
+    a1.legend()
+    cx, cd = _series(rows, "consensus_dist")
+    a2.semilogy(cx, [max(v, 1e-16) for v in cd], marker="o", ms=3)
+    a2.set(xlabel="round", ylabel="(1/M) sum ||x_i - x_mean||^2", title="consensus distance")
+    a2.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_staleness(values, path, title: str = "") -> Path:
+    """Histogram of the staleness (server version at apply - version at start) of every applied result."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    vals = np.asarray(values, dtype=np.int64)
+    if len(vals):
+        ax.hist(vals, bins=np.arange(vals.max() + 2) - 0.5, rwidth=0.85)
+    ax.set(xlabel="staleness (updates)", ylabel="applied results", title=title or "staleness")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
 
 
 def plot_label_distribution(counts: np.ndarray, path, title: str = "") -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clients.train import Normalizer, evaluate
+from clients.train import Normalizer, classification_report, confusion_matrix, evaluate
 from fedlab_app import plots
 from fedlab_app.comm import Ledger
 from fedlab_app.config import Config, flatten, to_nested
@@ -62,6 +62,12 @@ class CentralEvaluator:
         self.test = (torch.from_numpy(s.data.x_test.copy()), torch.from_numpy(s.data.y_test.astype(np.int64)))
         self.val = (torch.from_numpy(s.data.x_train[s.val_idx]), torch.from_numpy(s.data.y_train[s.val_idx].astype(np.int64)))
 
+    def per_class(self, arrays: dict[str, np.ndarray]) -> dict[str, list[float]]:
+        """Per-class precision/recall/F1/support of ``arrays`` on the test set (the studies' classification report)."""
+        self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        conf = confusion_matrix(self.model, *self.test, self.norm, self.data.num_classes, self.batch)
+        return classification_report(conf)
+
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
         out = {}
@@ -83,6 +89,8 @@ class Recorder:
         self.status = "finished"
         self.evaluator: CentralEvaluator | None = None
         self.t_start = time.perf_counter()
+        self.final_arrays: dict[str, np.ndarray] | None = None  # the last round's model
+        self.extra_summary: dict = {}  # more summary.json fields from the loop (e.g. staleness)
 
     def start(self) -> tuple[dict[str, np.ndarray] | None, dict]:
         """Create the run directory, or resume it: returns the checkpointed ``(arrays, extra)`` or ``(None, {})``."""
@@ -114,6 +122,7 @@ class Recorder:
         """
         cfg, st = self.cfg, self.state
         st.server_round = rnd
+        self.final_arrays = arrays
         st.wall_time_s = time.perf_counter() - self.t_start
         num_classes = self.evaluator.data.num_classes
         diverged = is_diverged(train_loss, num_classes)
@@ -144,9 +153,12 @@ class Recorder:
         return diverged or stop
 
     def finish(self) -> dict:
-        """Write summary.json and the plots; return the summary."""
+        """Write summary.json (with the final model's per-class report) and the plots; return the summary."""
         summary = {"out_dir": str(self.run_dir.path), **make_summary(self.cfg, self.state, self.last_eval, self.status)}
         summary["rounds_planned"] = self.total
+        summary.update(self.extra_summary)
+        if self.final_arrays is not None and self.status != "diverged":
+            summary["per_class"] = self.evaluator.per_class(self.final_arrays)
         self.run_dir.write_summary(summary)
         plots.plot_run(self.run_dir)
         return summary

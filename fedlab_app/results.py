@@ -27,7 +27,7 @@ import yaml
 METRIC_COLUMNS = ["round", "wall_time_s", "sim_time_s", "lr", "clients", "local_steps", "failures", "train_loss", "train_acc",
                   "test_loss", "test_acc", "val_loss", "val_acc", "messages", "bytes", "messages_down",
                   "messages_up", "bytes_down", "bytes_up", "messages_p2p", "bytes_p2p", "consensus_dist", "avg_drift",
-                  "node_acc_mean", "node_acc_min", "node_acc_max"]
+                  "node_acc_mean", "node_acc_min", "node_acc_max", "staleness_mean", "staleness_max"]
 
 
 def default_out_dir(strategy: str, dataset: str) -> Path:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from strategies import centralized, fedavg, fednova, fedopt, gossip, localsgd, slowmo, step_weighted
+from strategies import async_sgd, centralized, fedavg, fednova, fedopt, gossip, localsgd, slowmo, step_weighted
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,12 @@ class Spec:
 
 def _gossip_loop(cfg, grid, run_dir) -> dict:
     from fedlab_app.gossip_loop import run  # the loop needs the app's results machinery
+
+    return run(cfg, grid, run_dir)
+
+
+def _async_loop(cfg, grid, run_dir) -> dict:
+    from fedlab_app.async_loop import run
 
     return run(cfg, grid, run_dir)
 
@@ -51,6 +57,8 @@ REGISTRY: dict[str, Spec] = {
     "fedavgm": Spec(fedopt.AvgMParams, build=fedopt.build_avgm),
     "fedadam": Spec(fedopt.OptParams, build=fedopt.build_adam),
     "fedyogi": Spec(fedopt.OptParams, build=fedopt.build_yogi),
+    "async_sgd": Spec(async_sgd.Params, loop=_async_loop,
+                      check=lambda cfg: async_sgd.check_setup(cfg.strategy.params, cfg.num_clients)),
     **{m: Spec(gossip.Params, loop=_gossip_loop, check=_gossip_check(m),
                  resolve=_gossip_resolve(m)) for m in gossip.METHODS},
 }
