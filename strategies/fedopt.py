@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvgM, FedYogi
 
 from fedlab_app.config import check
 from strategies.fedavg import Params as FedAvgParams
-from strategies.fedavg import SeededSampling
+from strategies.fedavg import SeededSampling, to_record
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,14 @@ class _FedOptState:
                         grid: Grid) -> Iterable[Message]:
         self.current_arrays = {k: a.numpy() for k, a in arrays.items()}
         return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies):
+        """Flower's update, cast back to the model's dtypes (its float64 maths would double the bytes sent)."""
+        dtypes = {k: v.dtype for k, v in self.current_arrays.items()}
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None:
+            return arrays, metrics
+        return to_record({k: v.numpy().astype(dtypes[k]) for k, v in arrays.items()}), metrics
 
     def state(self) -> dict:
         return {k: getattr(self, k) for k in ("m_t", "v_t") if getattr(self, k)}

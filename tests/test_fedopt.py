@@ -57,3 +57,4 @@ def test_fedadam_state_survives_a_checkpoint():
     c.load_state({k: {n: v.copy() for n, v in d.items()} for k, d in b.state().items()})
     np.testing.assert_array_equal(step(c, 2, x1, r2), x2)
     assert not np.allclose(x2, step(FedAdamStrategy(p, 0, 2, eta=0.1), 2, x1, r2))  # state matters
+    assert x2.dtype == np.float32  # Flower computes in float64; the model (and its bytes) stay float32
