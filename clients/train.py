@@ -83,6 +83,13 @@ def batches(n: int, batch_size: int, seed: int, stream: int, first_epoch: int, *
             yield epoch, perm[i:i + b]
 
 
+def round_first_epoch(rnd: int, epochs: int, steps: int) -> int:
+    """Where round ``rnd``'s data order starts: epochs mode continues the epoch sequence round after
+    round (one client with E epochs per round sees what centralized training sees); steps mode starts
+    each round on its own block of 2^20 permutations, so rounds with different step counts never share one."""
+    return (rnd - 1) * epochs if steps == 0 else (rnd - 1) << 20
+
+
 def _epoch_seed(seed: int, stream: int, epoch: int, salt: int) -> int:
     return int(np.random.SeedSequence([seed, stream, epoch, salt]).generate_state(1)[0])
 

@@ -14,9 +14,10 @@ import time
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message
 
 from clients.train import train
+from fedlab_app.local import train_reply
 
 
 def async_train(msg: Message, context: Context, cfg, pid: int, local, model) -> Message:
@@ -34,7 +35,4 @@ def async_train(msg: Message, context: Context, cfg, pid: int, local, model) -> 
         w0 = start[name]
         g = (w0.double() - v.double()) / lr if w0.is_floating_point() else torch.zeros_like(w0)
         grad[name] = Array(np.ascontiguousarray(g.to(w0.dtype).numpy()))
-    metrics = MetricRecord({"num-examples": len(local.y), "examples-processed": res.num_examples, "steps": res.steps,
-                            "train-loss": res.loss, "train-acc": res.acc, "compute-s": res.seconds,
-                            "partition-id": pid, "diverged": int(res.diverged)})
-    return Message(RecordDict({"arrays": ArrayRecord(grad), "metrics": metrics}), reply_to=msg)
+    return train_reply(msg, ArrayRecord(grad), local, res, pid)

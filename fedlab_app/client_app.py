@@ -11,11 +11,11 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from clients.optim import load_optimizer_state, make_optimizer, optimizer_state
-from clients.train import evaluate, train
+from clients.train import evaluate, round_first_epoch, train
 from fedlab_app import config
 from fedlab_app.async_client import async_train
 from fedlab_app.gossip_client import gossip_train
-from fedlab_app.local import fresh_model, local_data
+from fedlab_app.local import fresh_model, local_data, train_reply
 from fedlab_app.perf import tune_process
 
 app = ClientApp()
@@ -54,11 +54,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         return async_train(msg, context, cfg, pid, local, model)
     rnd, epochs, steps = int(conf["server-round"]), int(conf["local-epochs"]), int(conf["local-steps"][pid])
     mode = str(conf.get("momentum-mode", "reset"))
-    n = len(local.y)
-    # data order: epochs mode continues the epoch sequence round after round (so one client with E
-    # epochs per round sees what centralized training sees); steps mode starts each round on its own
-    # block of permutations, so rounds with different step counts never reuse one
-    first_epoch = (rnd - 1) * epochs if steps == 0 else (rnd - 1) << 20
+    first_epoch = round_first_epoch(rnd, epochs, steps)
     opt = make_optimizer(model, cfg.optimizer, float(conf["lr"]))
     carried = context.state.get(OPT_KEY) if mode == "keep" else msg.content.get(OPT_KEY) if mode == "average" else None
     if carried is not None:
@@ -72,10 +68,7 @@ def train_handler(msg: Message, context: Context) -> Message:
             context.state[OPT_KEY] = ArrayRecord(opt_state)
         else:  # Flower's strategies expect one ArrayRecord per reply: the state travels in it, prefixed
             state.update({OPT_PREFIX + k: v for k, v in opt_state.items()})
-    metrics = MetricRecord({"num-examples": n, "examples-processed": res.num_examples, "steps": res.steps,
-                            "train-loss": res.loss, "train-acc": res.acc, "compute-s": res.seconds,
-                            "partition-id": pid, "diverged": int(res.diverged)})
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+    return train_reply(msg, ArrayRecord(state), local, res, pid)
 
 
 @app.evaluate()

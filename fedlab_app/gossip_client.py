@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 
 from clients.optim import make_optimizer
-from clients.train import train
+from clients.train import round_first_epoch, train
+from fedlab_app.local import train_reply
 from strategies import gossip
 
 Y_KEY, W_KEY = "gossip-y", "gossip-w"
@@ -43,14 +44,11 @@ def gossip_train(msg: Message, context: Context, cfg, pid: int, local, model) ->
     rnd, epochs, steps = int(conf["server-round"]), int(conf["local-epochs"]), int(conf["local-steps"][pid])
     opt = make_optimizer(model, cfg.optimizer, float(conf["lr"]))
     res = train(model, local.x, local.y, local.norm, opt, batch_size=cfg.client.batch_size, seed=cfg.seed,
-                stream=pid, first_epoch=(rnd - 1) * epochs if steps == 0 else (rnd - 1) << 20, epochs=epochs,
+                stream=pid, first_epoch=round_first_epoch(rnd, epochs, steps), epochs=epochs,
                 steps=steps, augment=local.augment)
     z = {k: v.detach().contiguous().numpy() for k, v in model.state_dict().items()}
     y = {k: (v * w).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in z.items()}
     record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in y.items()})
     context.state[Y_KEY] = record
     context.state[W_KEY] = ConfigRecord({"w": w})
-    metrics = MetricRecord({"num-examples": len(local.y), "examples-processed": res.num_examples, "steps": res.steps,
-                            "train-loss": res.loss, "train-acc": res.acc, "compute-s": res.seconds,
-                            "partition-id": pid, "diverged": int(res.diverged), W_KEY: w})
-    return Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=msg)
+    return train_reply(msg, record, local, res, pid, **{W_KEY: w})

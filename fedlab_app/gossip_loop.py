@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from clients.schedule import lr_at, scaled_lr
 from clients.train import evaluate

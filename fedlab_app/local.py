@@ -38,3 +38,13 @@ def local_data(cfg: Config, partition_id: int, num_clients: int) -> LocalData:
 def fresh_model(cfg: Config, local: LocalData, seed: int | None = None) -> torch.nn.Module:
     """The configured model for this data set (seeded init when ``seed`` is given)."""
     return build_model(cfg.model, tuple(local.x.shape[1:]), local.data.num_classes, seed=seed)
+
+
+def train_reply(msg, arrays, local: LocalData, res, pid: int, **extra):
+    """The reply to a training message: ``arrays`` (an ArrayRecord) and the training metrics every loop reads."""
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    metrics = MetricRecord({"num-examples": len(local.y), "examples-processed": res.num_examples, "steps": res.steps,
+                            "train-loss": res.loss, "train-acc": res.acc, "compute-s": res.seconds,
+                            "partition-id": pid, "diverged": int(res.diverged), **extra})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

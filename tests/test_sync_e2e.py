@@ -76,7 +76,7 @@ def test_averaged_optimizer_state_travels_and_is_counted(runs):
 
 
 def test_resumed_slowmo_run_equals_straight_run(runs):
-    (sc, mc, xc), (sd, md, xd) = runs["C"], runs["D"]
+    (sc, _, xc), (sd, _, xd) = runs["C"], runs["D"]
     assert sd["status"] == "finished" and sd["rounds"] == 3
     for k in xc:
         np.testing.assert_array_equal(xc[k], xd[k], err_msg=k)
