@@ -65,8 +65,8 @@ def varying_keys(runs: list[Run]) -> list[str]:
     for k in keys:
         if k in IGNORED_KEYS or len({repr(r.config.get(k)) for r in runs}) < 2:
             continue
-        implied = any(len({repr(r.config.get(k)) for r in runs if repr(r.config.get(j)) == v}) == 1
-                      for j in kept for v in {repr(r.config.get(j)) for r in runs})
+        implied = any(all(len({repr(r.config.get(k)) for r in runs if repr(r.config.get(j)) == v}) == 1
+                          for v in {repr(r.config.get(j)) for r in runs}) for j in kept)
         if not implied:
             kept.append(k)
     return kept

@@ -65,3 +65,10 @@ def test_flat_table_with_target_accuracy(tmp_path):
     assert rows[0][-3:] == ["round@0.5", "messages@0.5", "MB@0.5"]
     assert rows[1][0] == "2" and rows[1][-3:] == ["2", "4", "0.00"]
     assert rows[2][0] == "3" and rows[2][-3:] == ["-", "-", "-"]
+
+
+def test_a_key_that_varies_within_a_value_of_another_is_kept(tmp_path):
+    """Three strategies at J=4 and one at J=32: strategy.name is not a function of client.local_steps."""
+    for i, (strategy, j) in enumerate((("localsgd", 4), ("step_weighted", 4), ("fednova", 4), ("localsgd", 32))):
+        make_run(tmp_path / str(i), 0.8, strategy=strategy, client__local_steps=j)
+    assert varying_keys(load_runs([tmp_path])) == ["client.local_steps", "strategy.name"]
