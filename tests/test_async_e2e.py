@@ -34,10 +34,14 @@ def sim(out_dir, *overrides):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("async")
-    out = {"one": sim(base / "one", "num_clients=1", "rounds=4"), "x": sim(base / "x", *X)}
+    return {"one": sim(base / "one", "num_clients=1", "rounds=4"), "x": sim(base / "x", *X)}
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    base = tmp_path_factory.mktemp("async_resume")
     assert sim(base / "y", *X, "stop_after=2")[1]["status"] == "stopped"
-    out["y"] = sim(base / "y", *X, "resume=true")
-    return out
+    return sim(base / "y", *X, "resume=true")
 
 
 def test_one_worker_without_delay_is_plain_sgd(runs):
@@ -68,8 +72,9 @@ def test_staleness_follows_the_virtual_clock(runs):
     assert len(summary["per_class"]["f1"]) == 10
 
 
-def test_stopped_and_resumed_run_equals_the_straight_run(runs):
-    (_, sx, x), (_, sy, y) = runs["x"], runs["y"]
+@pytest.mark.slow
+def test_stopped_and_resumed_run_equals_the_straight_run(runs, resumed):
+    (_, sx, x), (_, sy, y) = runs["x"], resumed
     assert sy["status"] == "finished" and sy["updates"] == sx["updates"] == 9
     for k in x:
         np.testing.assert_array_equal(x[k], y[k], err_msg=k)

@@ -31,9 +31,14 @@ def runs(tmp_path_factory):
                         "strategy.node_eval_samples=200"),
            "localsgd": sim(base / "b", "strategy=localsgd", "rounds=2"),
            "gosgd": sim(base / "c", *GOSGD)}
-    assert sim(base / "d", *GOSGD, "stop_after=2")[0]["status"] == "stopped"
-    out["resumed"] = sim(base / "d", *GOSGD, "resume=true")
     return out
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    base = tmp_path_factory.mktemp("gossip_resume")
+    assert sim(base / "d", *GOSGD, "stop_after=2")[0]["status"] == "stopped"
+    return sim(base / "d", *GOSGD, "resume=true")
 
 
 def test_uniform_dpsgd_equals_localsgd(runs):
@@ -67,8 +72,9 @@ def test_gosgd_conserves_total_weight(runs):
     assert metrics[-1]["consensus_dist"] > 0  # nodes differ (random pushes, noisy links)
 
 
-def test_resumed_gossip_run_equals_straight_run(runs):
-    (s1, m1, x1, e1), (s2, m2, x2, e2) = runs["gosgd"], runs["resumed"]
+@pytest.mark.slow
+def test_resumed_gossip_run_equals_straight_run(runs, resumed):
+    (s1, m1, x1, e1), (s2, m2, x2, e2) = runs["gosgd"], resumed
     assert s2["status"] == "finished" and s2["rounds"] == 3
     for k in x1:
         np.testing.assert_array_equal(x1[k], x2[k], err_msg=k)

@@ -36,10 +36,15 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("sync")
     out = {"A": sim(base / "a", *A), "B": sim(base / "b", *A, "strategy=slowmo", "strategy.alpha=1", "strategy.beta=0"),
            "C": sim(base / "c", *C)}
+    return out
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sync_resume")
     stopped = sim(base / "d", *C, "stop_after=2")
     assert stopped[0]["status"] == "stopped"
-    out["D"] = sim(base / "d", *C, "resume=true")
-    return out
+    return sim(base / "d", *C, "resume=true")
 
 
 def test_slowmo_alpha1_beta0_equals_localsgd(runs):
@@ -75,8 +80,9 @@ def test_averaged_optimizer_state_travels_and_is_counted(runs):
     assert m[0]["bytes_up"] == pytest.approx(2 * down1, rel=0.01)  # the reply carries its state from round 1
 
 
-def test_resumed_slowmo_run_equals_straight_run(runs):
-    (sc, _, xc), (sd, _, xd) = runs["C"], runs["D"]
+@pytest.mark.slow
+def test_resumed_slowmo_run_equals_straight_run(runs, resumed):
+    (sc, _, xc), (sd, _, xd) = runs["C"], resumed
     assert sd["status"] == "finished" and sd["rounds"] == 3
     for k in xc:
         np.testing.assert_array_equal(xc[k], xd[k], err_msg=k)
