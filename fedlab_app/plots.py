@@ -165,19 +165,25 @@ def plot_pivot(row_values, col_values, cells: dict, rows: str, cols: str, metric
 
 
 def plot_curves(series: list[tuple[str, list[dict]]], path: Path) -> Path:
-    """Test accuracy against rounds (left) and against cumulative MB sent (right), one line per run."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, rows in series:
-        pts = [(r["round"], r["bytes"] / 1e6, r["test_acc"]) for r in rows if not math.isnan(r["test_acc"])]
-        if pts:
-            a1.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", ms=2, label=label)
-            a2.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", ms=2, label=label)
-    a1.set(xlabel="round (epoch when centralized)", ylabel="test accuracy")
-    a2.set(xlabel="cumulative communication (MB)", ylabel="test accuracy")
-    for ax in (a1, a2):
+    """Test accuracy against rounds, messages and MB sent (log scales when they span decades), one line per run."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    colors = plt.get_cmap("tab20").colors
+    for i, (label, rows) in enumerate(series):
+        pts = [(r["round"], r["messages"], r["bytes"] / 1e6, r["test_acc"]) for r in rows if not math.isnan(r["test_acc"])]
+        if not pts:
+            continue
+        style = {"marker": "o", "ms": 2, "label": label, "color": colors[i % 20], "ls": ("-", "--", ":")[(i // 20) % 3]}
+        for j, ax in enumerate(axes):
+            ax.plot([p[j] for p in pts], [p[3] for p in pts], **style)
+    for ax, xlabel, j in zip(axes, ("round (epoch when centralized)", "cumulative messages", "cumulative MB sent"),
+                             range(3)):
+        ax.set(xlabel=xlabel, ylabel="test accuracy")
         ax.grid(alpha=0.3)
-    if len(series) <= 12:
-        a1.legend(fontsize=7)
+        xs = [v for _, rows in series for v in ((r["round"], r["messages"], r["bytes"] / 1e6)[j] for r in rows) if v > 0]
+        if j and xs and max(xs) / min(xs) > 50:
+            ax.set_xscale("log")
+    if len(series) <= 40:
+        axes[2].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), ncol=1 + len(series) // 20)
     return _save(fig, path)
 
 
