@@ -5,6 +5,8 @@
     fedlab plot RUN_DIR                   redraw a run's plots from its results files
     fedlab compare RUN_DIR... [--rows KEY --cols KEY | --flat [--target ACC]] [--metric final.test_acc] [--out DIR]
                                           runs side by side: a table (a pivot for two keys) and plots
+    fedlab deploy up|run|status|down|certs|key|connect ...
+                                          the same app on a real SuperLink and SuperNodes (`fedlab deploy --help`)
 """
 
 from __future__ import annotations
@@ -114,5 +116,9 @@ def main() -> None:
         raise SystemExit(0)
     if cmd == "compare":
         raise SystemExit(_compare(rest))
-    print(f"fedlab: unknown command {cmd!r}; allowed: run, plot, compare\n{USAGE}", file=sys.stderr)
+    if cmd == "deploy":
+        from fedlab_app.deploy_cli import main as deploy_main
+
+        raise SystemExit(deploy_main(rest))
+    print(f"fedlab: unknown command {cmd!r}; allowed: run, plot, compare, deploy\n{USAGE}", file=sys.stderr)
     raise SystemExit(2)

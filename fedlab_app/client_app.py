@@ -30,6 +30,8 @@ def _setup(msg: Message, context: Context):
     num = int(context.node_config.get("num-partitions", cfg.num_clients))
     if num != cfg.num_clients:
         raise ValueError(f"this node was told num-partitions={num} but the run has num_clients={cfg.num_clients}")
+    if not 0 <= pid < num:
+        raise ValueError(f"this node was told partition-id={pid}; allowed: 0 .. {num - 1} (num-partitions={num})")
     local = local_data(cfg, pid, cfg.num_clients)
     model = fresh_model(cfg, local)
     if "arrays" in msg.content:  # gossip messages carry the neighbours' models instead

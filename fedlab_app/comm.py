@@ -79,9 +79,20 @@ class CountingGrid:
         self.ledger = ledger
         self.node_names = node_names if node_names is not None else {}
         self.last_bytes: dict = {}  # bytes both ways per node in the last send_and_receive
+        self._asked: dict[str, int] = {}  # message id -> node id of the last send_and_receive
 
     def __getattr__(self, name: str) -> Any:  # get_node_ids, run, ... pass through
         return getattr(self._grid, name)
+
+    @staticmethod
+    def replier(rep: Message, asked: dict[str, int]) -> int:
+        """The node a reply answers for: an error the SuperLink made for a dead node carries the SuperLink's
+        own id as its source, so take the node the original message went to."""
+        return asked.get(rep.metadata.reply_to_message_id, rep.metadata.src_node_id)
+
+    def name_of(self, rep: Message) -> Any:
+        """How the ledger and the logs name the node behind ``rep`` (a reply of the last call)."""
+        return self._name(self.replier(rep, self._asked))
 
     def _name(self, node_id: int) -> Any:
         return self.node_names.get(node_id, node_id)
@@ -94,6 +105,7 @@ class CountingGrid:
         """
         messages = list(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        asked = self._asked = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         for rep in replies:
             if not rep.has_error() and "metrics" in rep.content.metric_records:
                 pid = rep.content["metrics"].get("partition-id")
@@ -101,7 +113,7 @@ class CountingGrid:
                     self.node_names[rep.metadata.src_node_id] = int(pid)
         self.last_bytes = defaultdict(int)
         for direction, items, node_of in (("down", messages, lambda m: m.metadata.dst_node_id),
-                                          ("up", replies, lambda m: m.metadata.src_node_id)):
+                                          ("up", replies, lambda m: self.replier(m, asked))):
             for m in items:
                 name, nbytes = self._name(node_of(m)), message_bytes(m)
                 self.ledger.record(direction, name, nbytes)

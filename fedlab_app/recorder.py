@@ -41,14 +41,16 @@ class LoopState:
     sim_time_s: float = 0.0
     failures: int = 0
     ledger: Ledger = field(default_factory=Ledger)
+    failure_events: list = field(default_factory=list)  # {"round", "node", "reason"} of every failed reply
 
     def to_json(self) -> dict:
         return {"server_round": self.server_round, "wall_time_s": self.wall_time_s, "sim_time_s": self.sim_time_s,
-                "failures": self.failures, "ledger": self.ledger.state()}
+                "failures": self.failures, "ledger": self.ledger.state(), "failure_events": self.failure_events}
 
     @classmethod
     def from_json(cls, d: dict) -> LoopState:
-        return cls(d["server_round"], d["wall_time_s"], d["sim_time_s"], d["failures"], Ledger.from_state(d["ledger"]))
+        return cls(d["server_round"], d["wall_time_s"], d["sim_time_s"], d["failures"], Ledger.from_state(d["ledger"]),
+                   d.get("failure_events", []))
 
 
 class CentralEvaluator:
@@ -192,5 +194,6 @@ def make_summary(cfg: Config, state: LoopState, last_eval: dict, status: str) ->
                  "max_node_messages": max((v["messages"] for v in per_node.values()), default=0),
                  "per_node": per_node},
         "wall_time_s": state.wall_time_s, "sim_time_s": state.sim_time_s, "failures": state.failures,
+        "failure_events": state.failure_events,
         "strategy": cfg.strategy.name, "dataset": cfg.dataset.name, "num_clients": cfg.num_clients,
     }

@@ -80,6 +80,12 @@ def run(cfg: Config, grid, strategy, run_dir: RunDir) -> dict:
         replies = cgrid.send_and_receive(strategy.configure_train(rnd, to_record(arrays), train_cfg, cgrid))
         ok = [r for r in replies if not r.has_error()]
         rec.state.failures += len(replies) - len(ok)
+        for r in replies:
+            if r.has_error():  # a node that died (Node Unavailable) or whose ClientApp raised: logged, counted, skipped
+                node = cgrid.name_of(r)
+                reason = r.error.reason.strip()[-500:]
+                log.warning("round %d: node %s failed (the round goes on without it): %s", rnd, node, reason)
+                rec.state.failure_events.append({"round": rnd, "node": str(node), "reason": reason})
         new, metrics = strategy.aggregate_train(rnd, replies)
         if new is None:
             raise RuntimeError(f"round {rnd}: no client returned a result ({len(replies)} errors): "

@@ -1,0 +1,253 @@
+"""``fedlab deploy``: the same app on a real SuperLink and SuperNodes, with TLS and node authentication.
+
+A deployment directory (``--dir``, default ``.fedlab-deploy``) holds everything: ``certs/`` (a CA
+and the SuperLink's certificate, made with ``cryptography``), ``keys/`` (one OpenSSH EC key pair per
+SuperNode), ``flwr_home/config.toml`` (the ``fedlab`` connection ``flwr run`` uses), ``logs/`` and
+``state.json`` (every process started, by PID, so ``down`` stops exactly those). With Flower 1.41 the
+SuperLink serves its Fleet, Control and ServerAppIo APIs on one HTTPS port; each SuperNode needs its
+own local port. A node whose public key was not registered is refused (``Failed to activate
+SuperNode``). ``run`` composes the config as ``fedlab run`` does, passes it to ``flwr run`` as a TOML
+file and reads the outcome from the run's ``summary.json`` (``flwr run`` exits 0 even when the run
+failed): it exits non-zero unless the run finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DIR = Path(".fedlab-deploy")
+CONNECTION = "fedlab"
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr live beside this Python
+
+
+def make_certs(out: Path, hosts: list[str]) -> dict[str, Path]:
+    """A CA (``ca.crt``) and a SuperLink certificate (``server.pem``/``server.key``) valid for ``hosts``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedlab deployment CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=365))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    sans = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = {"ca": out / "ca.crt", "cert": out / "server.pem", "key": out / "server.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                               serialization.NoEncryption()))
+    os.chmod(paths["key"], 0o600)
+    return paths
+
+
+def make_node_key(path: Path) -> tuple[Path, Path]:
+    """An EC key pair in OpenSSH format (what Flower's SuperNode authentication reads): ``path``, ``path.pub``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    os.chmod(path, 0o600)
+    pub = path.with_name(path.name + ".pub")
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    return path, pub
+
+
+def flwr_env(d: Path) -> dict[str, str]:
+    """Environment for every Flower process of deployment ``d`` (its own FLWR_HOME; no runtime installs)."""
+    return {**os.environ, "FLWR_HOME": str((d / "flwr_home").resolve()), "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # SuperLink/SuperNode start flower-superexec
+
+
+def write_connection(d: Path, address: str, ca: Path | None) -> Path:
+    """``flwr_home/config.toml`` with the ``fedlab`` connection (TLS with ``ca``, or insecure)."""
+    home = d / "flwr_home"
+    home.mkdir(parents=True, exist_ok=True)
+    tls = f'root-certificates = "{ca.resolve()}"' if ca else "insecure = true"
+    path = home / "config.toml"
+    path.write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{tls}\n')
+    return path
+
+
+def load_state(d: Path) -> dict:
+    p = d / "state.json"
+    return json.loads(p.read_text()) if p.exists() else {"processes": []}
+
+
+def save_state(d: Path, state: dict) -> None:
+    (d / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def start_process(d: Path, name: str, cmd: list[str]) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (so its children stop with it), log to ``logs/<name>.log``, record its PID."""
+    (d / "logs").mkdir(parents=True, exist_ok=True)
+    log = open(d / "logs" / f"{name}.log", "ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=flwr_env(d), start_new_session=True)
+    state = load_state(d)
+    state["processes"].append({"name": name, "pid": proc.pid, "cmd": cmd})
+    save_state(d, state)
+    return proc
+
+
+def wait_port(host: str, port: int, timeout: float = 60.0) -> None:
+    """Wait until something listens on ``host:port``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+def flwr(d: Path, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run the ``flwr`` CLI with deployment ``d``'s FLWR_HOME."""
+    return subprocess.run([str(BIN / "flwr"), *args], env=flwr_env(d), capture_output=True, text=True, timeout=timeout)
+
+
+def register(d: Path, pub: Path) -> None:
+    """Register a SuperNode's public key with the SuperLink (only registered nodes may join)."""
+    res = flwr(d, "supernode", "register", str(pub), CONNECTION)
+    if res.returncode != 0:
+        raise RuntimeError(f"registering {pub} failed: {res.stdout[-500:]} {res.stderr[-500:]}")
+
+
+def start_superlink(d: Path, host: str, port: int, tls: bool, auth: bool) -> subprocess.Popen:
+    """Start the SuperLink (certificates made on first use); writes the ``fedlab`` connection."""
+    cmd = [str(BIN / "flower-superlink"), "--host", host, "--port", str(port)]
+    ca = None
+    if tls:
+        certs = d / "certs"
+        paths = ({"ca": certs / "ca.crt", "cert": certs / "server.pem", "key": certs / "server.key"}
+                 if (certs / "ca.crt").exists() else make_certs(certs, [host, "localhost"]))
+        cmd += ["--ssl-ca-certfile", str(paths["ca"]), "--ssl-certfile", str(paths["cert"]), "--ssl-keyfile", str(paths["key"])]
+        ca = paths["ca"]
+    else:
+        cmd.append("--insecure")
+    if auth:
+        cmd.append("--enable-supernode-auth")
+    write_connection(d, f"{host}:{port}", ca)
+    proc = start_process(d, "superlink", cmd)
+    wait_port(host, port)
+    return proc
+
+
+def start_supernode(d: Path, superlink: str, partition: int, num_partitions: int, port: int, *, key: Path | None = None,
+                    name: str | None = None, tls: bool = True) -> subprocess.Popen:
+    """Start a SuperNode told its shard by node config (``partition-id``, ``num-partitions``)."""
+    cmd = [str(BIN / "flower-supernode"), "--superlink", superlink, "--port", str(port),
+           "--node-config", f"partition-id={partition} num-partitions={num_partitions}"]
+    cmd += ["--root-certificates", str((d / "certs" / "ca.crt").resolve())] if tls else ["--insecure"]
+    if key is not None:
+        cmd += ["--auth-supernode-private-key", str(key)]
+    return start_process(d, name or f"supernode{partition}", cmd)
+
+
+def up(d: Path, nodes: int, host: str = "127.0.0.1", port: int = 9300, tls: bool = True, auth: bool = True) -> dict:
+    """A local federation: one SuperLink and ``nodes`` SuperNodes (keys made and registered when ``auth``)."""
+    d.mkdir(parents=True, exist_ok=True)
+    if any(_alive(p["pid"]) for p in load_state(d)["processes"]):
+        raise RuntimeError(f"{d} already runs processes; `fedlab deploy down --dir {d}` first")
+    save_state(d, {"processes": [], "nodes": nodes, "address": f"{host}:{port}", "tls": tls, "auth": auth})
+    start_superlink(d, host, port, tls, auth)
+    for i in range(nodes):
+        key = None
+        if auth:
+            key, pub = make_node_key(d / "keys" / f"node{i}")
+            register(d, pub)
+        start_supernode(d, f"{host}:{port}", i, nodes, port + 1 + i, key=key, tls=tls)
+    return load_state(d)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _gone(pid: int, wait: float) -> bool:
+    """Whether ``pid`` exits within ``wait`` seconds (reaped if it is our child)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < wait:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:  # not our child (started by an earlier `fedlab deploy up`)
+            if not _alive(pid):
+                return True
+        time.sleep(0.2)
+    return False
+
+
+def stop_process(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM the process group of ``pid`` (its SuperExec and ClientApps included), SIGKILL after ``grace`` s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        if _gone(pid, wait):
+            return
+
+
+def down(d: Path) -> list[int]:
+    """Stop every process this deployment started (SuperNodes first), by PID; returns the PIDs."""
+    procs = load_state(d)["processes"]
+    for p in sorted(procs, key=lambda p: p["name"] == "superlink"):
+        stop_process(p["pid"])
+    state = load_state(d)
+    state["processes"] = []
+    save_state(d, state)
+    return [p["pid"] for p in procs]
+
+
+def run(d: Path, run_config: dict, app_dir: Path, timeout: float = 3600.0) -> dict:
+    """``flwr run <app> fedlab --run-config <toml> --stream`` against deployment ``d``; the run's summary.json."""
+    from fedlab_app.results import RunDir
+
+    out_dir = Path(str(run_config["out_dir"]))
+    cfg_path = d / "run_config.toml"
+    cfg_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))  # JSON scalars are TOML
+    t0 = time.perf_counter()
+    res = subprocess.run([str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(cfg_path), "--stream"],
+                         env=flwr_env(d), capture_output=True, text=True, timeout=timeout, cwd=app_dir)
+    (d / "logs").mkdir(parents=True, exist_ok=True)
+    (d / "logs" / "flwr_run.log").write_text(res.stdout + res.stderr)
+    try:
+        summary = RunDir(out_dir).read_summary()
+    except FileNotFoundError:
+        summary = {"status": "failed", "error": f"no summary.json in {out_dir}; flwr run said: "
+                                                f"{(res.stdout + res.stderr)[-1500:]}", "out_dir": str(out_dir)}
+    summary["deploy_wall_s"] = time.perf_counter() - t0
+    return summary
