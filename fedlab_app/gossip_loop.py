@@ -63,12 +63,16 @@ def node_message(i: int, node_id: int, conf: dict, pending: dict | None, restore
     return Message(RecordDict(content), dst_node_id=node_id, message_type="train")
 
 
-def node_accuracies(rec: Recorder, zs: list[dict[str, np.ndarray]], samples: int) -> dict[str, float]:
-    """Test accuracy of each node's de-biased model on the first ``samples`` test images: mean/min/max."""
+def node_accuracies(rec: Recorder, zs: list[dict[str, np.ndarray]], samples: int, seed: int) -> dict[str, float]:
+    """Test accuracy of each node's de-biased model on ``samples`` test images: mean/min/max.
+
+    The images are a seeded random subset, the same every round (test sets may be sorted by class).
+    """
     if samples <= 0:
         return {}
     ev = rec.evaluator
-    x, y = ev.test[0][:samples], ev.test[1][:samples]
+    idx = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(ev.test[1]))[:samples]))
+    x, y = ev.test[0][idx], ev.test[1][idx]
     accs = []
     for z in zs:
         ev.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in z.items()})
@@ -143,7 +147,7 @@ def run(cfg: Config, grid, run_dir: RunDir) -> dict:
         row = {"local_steps": sum(mt["steps"] for mt in metrics) / m, "consensus_dist": gossip.consensus_distance(zs),
                "avg_drift": gossip.distance(x_bar, before)}
         if rec.eval_due(rnd):
-            row.update(node_accuracies(rec, zs, params.node_eval_samples))
+            row.update(node_accuracies(rec, zs, params.node_eval_samples, cfg.seed))
         state = {"nodes": {str(i): tree_torch(y) for i, y in enumerate(ys)}, "weights": torch.tensor(ws, dtype=torch.float64),
                  "planner": planner.state()}
         if rec.end_of_round(rnd, x_bar, lr, m, train_loss, train_acc, extra=state, row=row):
