@@ -142,7 +142,7 @@ def test_cli_multirun_sweep(tmp_path):
     sweeps = list((env_root / "sweeps").iterdir())
     assert len(sweeps) == 1 and (sweeps[0] / "multirun.yaml").exists()
     assert sorted(p.name for p in sweeps[0].iterdir() if p.is_dir()) == [
-        "0_dataset.limit_train=600,num_clients=1,rounds=1", "1_dataset.limit_train=600,num_clients=2,rounds=1"]
+        "0_dataset.limit_train=600__num_clients=1__rounds=1", "1_dataset.limit_train=600__num_clients=2__rounds=1"]
     summaries = [json.loads(p.read_text()) for p in sweeps[0].glob("*/summary.json")]
     assert sorted(s["num_clients"] for s in summaries) == [1, 2]
     assert all(s["status"] == "finished" for s in summaries)
