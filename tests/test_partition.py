@@ -33,7 +33,10 @@ def test_disjoint_sorted_int64_and_deterministic(labels, scheme):
         assert p.dtype == np.int64 and len(p) >= 1
         assert np.all(np.diff(p) > 0) and p.min() >= 0 and p.max() < len(labels)
     flat = np.concatenate(parts)
-    assert len(np.unique(flat)) == len(flat)  # disjoint
+    if scheme == "full":  # not a partition: every client holds the whole training set
+        assert all(np.array_equal(p, np.arange(len(labels))) for p in parts)
+    else:
+        assert len(np.unique(flat)) == len(flat)  # disjoint
     again = partition_indices(labels, 10, scheme, seed=1)
     assert all(np.array_equal(a, b) for a, b in zip(parts, again))
     if scheme in RANDOM_SCHEMES:
