@@ -89,8 +89,7 @@ def run(cfg: Config, grid, run_dir: RunDir) -> dict:
         ys = [tree_numpy(extra["nodes"][str(i)]) for i in range(m)]
         ws = [float(w) for w in extra["weights"].tolist()]
     else:
-        x0 = initial_arrays(cfg)
-        ys, ws = [x0] * m, [gossip.initial_weight(method, m)] * m
+        ys, ws = gossip.initial_state(method, m, initial_arrays(cfg))
     base_lr = scaled_lr(cfg.client.lr, cfg.client.batch_size, cfg.schedule)
     planner = RoundPlanner(cfg, base_lr)
     planner.load_state(extra.get("planner", {}))

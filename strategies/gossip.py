@@ -151,6 +151,13 @@ def initial_weight(method: str, m: int) -> float:
     return 1.0 / m if method == "gosgd" else 1.0
 
 
+def initial_state(method: str, m: int, x0: dict[str, np.ndarray]) -> tuple[list[dict], list[float]]:
+    """Every node's (y_i, w_i) at the start: w_i = ``initial_weight``, y_i = w_i x0 (so z_i = y_i / w_i = x0)."""
+    w = initial_weight(method, m)
+    y = {k: (v * w).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in x0.items()}
+    return [y] * m, [w] * m
+
+
 def matrix_at(params: Params, m: int, t: int, seed: int) -> np.ndarray:
     """The mixing matrix of round ``t``: drawn afresh each round when time-varying, else the round-0 one."""
     from strategies import mixing

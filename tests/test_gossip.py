@@ -95,3 +95,14 @@ def test_bad_gossip_setups_are_refused_before_training(over, message):
 def test_auto_matrix_resolves_per_method():
     cfg = lambda m: config.parse(config.flatten(compose(f"strategy={m}", "num_clients=8")))  # noqa: E731
     assert [cfg(m).strategy.params.matrix for m in ("dpsgd", "sgp", "gosgd")] == ["ring", "directed_exponential", "gosgd"]
+
+
+@pytest.mark.parametrize("method, w", [("dpsgd", 1.0), ("sgp", 1.0), ("gosgd", 0.25)])
+def test_initial_state_debiases_to_the_initial_model(method, w):
+    """GoSGD starts at alpha_i = 1/M: the numerator must be x0/M, or nodes would train on M x0."""
+    x0 = models(1)[0]
+    ys, ws = gossip.initial_state(method, 4, x0)
+    assert ws == [w] * 4 and sum(ws) == pytest.approx(4 * w)
+    for y, wi in zip(ys, ws):
+        np.testing.assert_allclose(gossip.debias(y, wi)["w"], x0["w"], rtol=1e-6)
+        assert y["n"] == x0["n"]
