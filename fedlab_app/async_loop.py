@@ -50,20 +50,24 @@ class Server:
 
     def dispatch(self, worker: int, w: dict[str, np.ndarray], lr: float, k: int | None = None,
                  finish: float | None = None) -> None:
-        """Send ``w`` to ``worker`` for its next computation (or re-send in-flight work after a resume)."""
-        if k is None:
+        """Send ``w`` to ``worker`` for its next computation, or (``k`` given) re-issue in-flight work after a
+        resume: same model, step index and finish time, not counted again (the checkpointed ledger has it)."""
+        resend = k is not None
+        if not resend:
             k = self.next_k[worker]
             self.next_k[worker] += 1
-            delay = A.delay_s(self.p, worker, k, self.cfg.seed)
-            finish = self.clock.start(worker, self.now, self.j * self.step_time / self.speeds[worker] + delay)
-        else:
-            delay = A.delay_s(self.p, worker, k, self.cfg.seed)
+        delay = A.delay_s(self.p, worker, k, self.cfg.seed)
+        if not resend:
+            finish = self.now + self.j * self.step_time / self.speeds[worker] + delay
+            if self.p.clock == "virtual" and not self.p.sync:  # sync mode waits for all: no ordering needed
+                self.clock.start(worker, self.now, finish - self.now)
         conf = {"async": 1, "lr": lr, "local-steps": [self.j] * self.m, "local-epochs": 1, "server-round": k + 1,
                 "update-index": k, "sleep-s": delay if self.p.clock == "real" else 0.0}
         msg = Message(RecordDict({"arrays": to_record(w), "config": ConfigRecord(conf)}),
                       dst_node_id=self.node_of[worker], message_type="train")
         (mid,) = list(self.grid.push_messages([msg]))
-        self.rec.state.ledger.record("down", worker, message_bytes(msg))
+        if not resend:
+            self.rec.state.ledger.record("down", worker, message_bytes(msg))
         self.inflight[worker] = {"version": self.state.version, "w": w, "k": k, "lr": lr, "finish": finish, "id": mid}
 
     def _pull(self) -> None:
@@ -134,7 +138,7 @@ def run(cfg: Config, grid, run_dir: RunDir) -> dict:
         if p.sync:  # barrier: all from the same version, apply the mean, time = the slowest
             for wk in range(m):
                 srv.dispatch(wk, w, lr)
-            finish = max(srv.clock.pop()[0] for _ in range(m))
+            finish = max(f["finish"] for f in srv.inflight.values())
             res = [srv.collect(wk) for wk in range(m)]
             grads = [srv.result(wk, rep) for wk, rep in res]
             losses = [float(rep.content["metrics"]["train-loss"]) for _, rep in res]
@@ -155,7 +159,8 @@ def run(cfg: Config, grid, run_dir: RunDir) -> dict:
                 f = srv.inflight.pop(wk)
                 srv.staleness.append(srv.state.version - f["version"])
                 w = A.server_step(w, g, lr, p, srv.state, wk, f["w"])
-                srv.dispatch(wk, w, lr)
+                if rnd < cfg.rounds:  # no new work after the last round's results
+                    srv.dispatch(wk, w, lr)
         rec.state.sim_time_s = srv.now
         recent = srv.staleness[-m:]
         row = {"local_steps": srv.j, "staleness_mean": float(np.mean(recent)), "staleness_max": int(max(recent))}

@@ -127,7 +127,8 @@ class ScheduleCfg:
     def validate(self, p: str) -> None:
         check_choice(f"{p}.name", self.name, SCHEDULES)
         check(self.warmup >= 0, f"{p}.warmup", self.warmup, "a number >= 0")
-        check(0.0 <= self.warmup_start <= 1.0, f"{p}.warmup_start", self.warmup_start, "0 <= x <= 1")
+        check(0.0 < self.warmup_start <= 1.0, f"{p}.warmup_start", self.warmup_start,
+              "0 < x <= 1 (an lr of 0 would waste the first unit and divide SlowMo's and async SGD's updates by 0)")
         try:
             ms = self.milestone_list
         except ValueError:

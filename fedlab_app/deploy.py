@@ -172,11 +172,15 @@ def start_supernode(d: Path, superlink: str, partition: int, num_partitions: int
     return start_process(d, name or f"supernode{partition}", cmd)
 
 
+class AlreadyRunning(RuntimeError):
+    """The deployment directory already has live processes (refused without touching them)."""
+
+
 def up(d: Path, nodes: int, host: str = "127.0.0.1", port: int = 9300, tls: bool = True, auth: bool = True) -> dict:
     """A local federation: one SuperLink and ``nodes`` SuperNodes (keys made and registered when ``auth``)."""
     d.mkdir(parents=True, exist_ok=True)
     if any(_alive(p["pid"]) for p in load_state(d)["processes"]):
-        raise RuntimeError(f"{d} already runs processes; `fedlab deploy down --dir {d}` first")
+        raise AlreadyRunning(f"{d} already runs processes; `fedlab deploy down --dir {d}` first")
     save_state(d, {"processes": [], "nodes": nodes, "address": f"{host}:{port}", "tls": tls, "auth": auth})
     start_superlink(d, host, port, tls, auth)
     for i in range(nodes):
@@ -215,7 +219,7 @@ def stop_process(pid: int, grace: float = 10.0) -> None:
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # gone, or no longer ours
             return
         if _gone(pid, wait):
             return
@@ -239,15 +243,22 @@ def run(d: Path, run_config: dict, app_dir: Path, timeout: float = 3600.0) -> di
     out_dir = Path(str(run_config["out_dir"]))
     cfg_path = d / "run_config.toml"
     cfg_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))  # JSON scalars are TOML
+    summary_path = out_dir / "summary.json"
     t0 = time.perf_counter()
-    res = subprocess.run([str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(cfg_path), "--stream"],
-                         env=flwr_env(d), capture_output=True, text=True, timeout=timeout, cwd=app_dir)
-    (d / "logs").mkdir(parents=True, exist_ok=True)
-    (d / "logs" / "flwr_run.log").write_text(res.stdout + res.stderr)
+    started = time.time()
     try:
+        res = subprocess.run([str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(cfg_path), "--stream"],
+                             env=flwr_env(d), capture_output=True, text=True, timeout=timeout, cwd=app_dir)
+        said, rc = res.stdout + res.stderr, res.returncode
+    except subprocess.TimeoutExpired as exc:
+        said, rc = f"flwr run did not end within {timeout:.0f} s: {exc}", -1
+    (d / "logs").mkdir(parents=True, exist_ok=True)
+    (d / "logs" / "flwr_run.log").write_text(said)
+    fresh = summary_path.exists() and summary_path.stat().st_mtime >= started  # not a summary of an earlier run
+    if fresh:
         summary = RunDir(out_dir).read_summary()
-    except FileNotFoundError:
-        summary = {"status": "failed", "error": f"no summary.json in {out_dir}; flwr run said: "
-                                                f"{(res.stdout + res.stderr)[-1500:]}", "out_dir": str(out_dir)}
+    else:
+        summary = {"status": "failed", "error": f"the run wrote no summary.json in {out_dir} (flwr run exit code {rc}): "
+                                                f"{said[-1500:]}", "out_dir": str(out_dir)}
     summary["deploy_wall_s"] = time.perf_counter() - t0
     return summary

@@ -59,6 +59,9 @@ def main(argv: list[str]) -> int:
             ap.error(f"--nodes={a.nodes} is invalid; allowed: an integer >= 1")
         try:
             state = deploy.up(a.dir, a.nodes, a.host, a.port, tls=not a.insecure, auth=not a.no_auth)
+        except deploy.AlreadyRunning as exc:  # leave the running federation alone
+            print(f"fedlab deploy up: {exc}", file=sys.stderr)
+            return 1
         except Exception as exc:  # noqa: BLE001 - leave nothing half-started behind
             deploy.down(a.dir)
             print(f"fedlab deploy up: {exc}", file=sys.stderr)

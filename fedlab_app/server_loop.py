@@ -83,13 +83,13 @@ def run(cfg: Config, grid, strategy, run_dir: RunDir) -> dict:
         for r in replies:
             if r.has_error():  # a node that died (Node Unavailable) or whose ClientApp raised: logged, counted, skipped
                 node = cgrid.name_of(r)
-                reason = r.error.reason.strip()[-500:]
+                reason = (r.error.reason or f"error code {r.error.code}").strip()[-500:]
                 log.warning("round %d: node %s failed (the round goes on without it): %s", rnd, node, reason)
                 rec.state.failure_events.append({"round": rnd, "node": str(node), "reason": reason})
         new, metrics = strategy.aggregate_train(rnd, replies)
         if new is None:
             raise RuntimeError(f"round {rnd}: no client returned a result ({len(replies)} errors): "
-                               + "; ".join(r.error.reason[:200] for r in replies if r.has_error()))
+                               + "; ".join((r.error.reason or "")[:200] for r in replies if r.has_error()))
         arrays = to_numpy(new)
         reply_metrics = [dict(r.content["metrics"]) for r in ok]
         rec.state.sim_time_s += planner.round_time(reply_metrics, cgrid.last_bytes)

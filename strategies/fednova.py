@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedlab_app.config import check
 from strategies import localsgd
 
 
@@ -65,6 +66,11 @@ class Params(localsgd.MomentumParams):
     @property
     def aggregation(self) -> str:
         return "fednova"
+
+    def validate(self, p: str) -> None:
+        super().validate(p)
+        check(self.momentum_mode == "reset", f"{p}.momentum_mode", self.momentum_mode,
+              "reset with strategy=fednova (its a_i assume momentum buffers that start at zero)")
 
 
 build = localsgd.build

@@ -55,8 +55,16 @@ class OptParams(FedAvgParams):
         check(self.tau > 0, f"{p}.tau", self.tau, "a number > 0")
 
 
+def by_partition(replies) -> list:
+    """Replies in partition-id order (errors last): Flower sums in arrival order, which is not reproducible."""
+    return sorted(replies, key=lambda m: (m.has_error(), 0 if m.has_error() else m.content["metrics"].get("partition-id", 0)))
+
+
 class FedAvgMStrategy(SeededSampling, FedAvgM):
     """Flower's FedAvgM; the momentum vector is checkpointed."""
+
+    def aggregate_train(self, server_round: int, replies):
+        return super().aggregate_train(server_round, by_partition(replies))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -83,7 +91,7 @@ class _FedOptState:
     def aggregate_train(self, server_round: int, replies):
         """Flower's update, cast back to the model's dtypes (its float64 maths would double the bytes sent)."""
         dtypes = {k: v.dtype for k, v in self.current_arrays.items()}
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        arrays, metrics = super().aggregate_train(server_round, by_partition(replies))
         if arrays is None:
             return arrays, metrics
         return to_record({k: v.numpy().astype(dtypes[k]) for k, v in arrays.items()}), metrics

@@ -188,12 +188,30 @@ def check_setup(method: str, params: Params, m: int, seed: int) -> None:
         check(need in ACCEPTS[method], "strategy.matrix", name,
               f"a matrix that is {' or '.join(ACCEPTS[method])}-stochastic for strategy={method} ({name} is {need})")
     key = {"edges": "strategy.edges", "custom": "strategy.custom"}.get(name, "strategy.matrix")
+    value = getattr(params, key.split(".")[1])
     try:
         W = matrix_at(params, m, 1, seed)
-        if need is None:
-            mixing.check_matrix(W, ACCEPTS[method][0], "strategy.custom")
     except ValueError as exc:
-        raise ConfigError(f"{key}={getattr(params, key.split('.')[1])!r} is invalid with num_clients={m}: {exc}") from None
+        raise ConfigError(f"{key}={value!r} is invalid with num_clients={m}: {exc}") from None
+    if need is None:  # a custom matrix: whatever stochasticity it has must suit the method
+        got = mixing.stochasticity(W)
+        check(got in ACCEPTS[method], key, value, f"a {' or '.join(ACCEPTS[method])}-stochastic matrix for "
+              f"strategy={method} (rows and columns must sum to 1 as needed; this one is {got})")
     if name not in mixing.TIME_VARYING and m > 1:
-        check(mixing.is_connected((W + W.T) > 0), key, getattr(params, key.split(".")[1]),
-              f"a connected graph (the nodes could never agree otherwise) with num_clients={m}")
+        check(strongly_connected(W), key, value,
+              f"a strongly connected graph with num_clients={m} (the nodes could never agree otherwise)")
+
+
+def strongly_connected(W: np.ndarray) -> bool:
+    """Whether every node reaches every other along the directed edges j -> i of ``W[i, j] > 0``."""
+    def reach(adj: np.ndarray) -> int:
+        seen, todo = {0}, [0]
+        while todo:
+            j = todo.pop()
+            for i in np.flatnonzero(adj[:, j]):
+                if int(i) not in seen:
+                    seen.add(int(i))
+                    todo.append(int(i))
+        return len(seen)
+    adj = W > 0
+    return reach(adj) == len(W) and reach(adj.T) == len(W)

@@ -33,7 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedlab_app.config import check_choice
+from fedlab_app.config import check, check_choice
 from strategies.fedavg import Params as FedAvgParams
 from strategies.fedavg import SeededSampling, sorted_contents, to_numpy, to_record, weighted_average
 
@@ -58,6 +58,8 @@ class Params(MomentumParams):
     def validate(self, p: str) -> None:
         super().validate(p)
         check_choice(f"{p}.aggregation", self.aggregation, AGGREGATIONS)
+        check(self.aggregation != "fednova" or self.momentum_mode == "reset", f"{p}.momentum_mode", self.momentum_mode,
+              "reset with aggregation=fednova (its a_i assume momentum buffers that start at zero)")
 
 
 class LocalSGDStrategy(SeededSampling, FedAvg):

@@ -78,9 +78,13 @@ def test_consensus_and_distance_hand_computed():
 
 @pytest.mark.parametrize("over, message", [
     (("strategy=dpsgd", "strategy.matrix=torus", "num_clients=8"), "torus"),
-    (("strategy=dpsgd", "strategy.matrix=edges", "strategy.edges='0-1,2-3'", "num_clients=4"), "a connected graph"),
+    (("strategy=dpsgd", "strategy.matrix=edges", "strategy.edges='0-1,2-3'", "num_clients=4"), "a strongly connected graph"),
     (("strategy=dpsgd", "strategy.matrix=edges", "strategy.edges=0-9", "num_clients=4"), "strategy.edges='0-9' is invalid"),
     (("strategy=dpsgd", "strategy.matrix=custom", "strategy.custom='0.5,0.6;0.5,0.5'", "num_clients=2"), "strategy.custom"),
+    (("strategy=sgp", "strategy.matrix=custom", "strategy.custom='0.5,0.5;0.2,0.8'", "num_clients=2"),
+     "column or doubly-stochastic matrix for strategy=sgp"),
+    (("strategy=dpsgd", "strategy.matrix=custom", "strategy.custom='1,0,0;0.5,0.5,0;0,0.5,0.5'", "num_clients=3"),
+     "strongly connected"),
     (("strategy=dpsgd", "strategy.matrix=column_random", "num_clients=4"), "doubly or row-stochastic"),
     (("strategy=sgp", "strategy.matrix=row_random", "num_clients=4"), "column or doubly-stochastic"),
     (("strategy=gosgd", "strategy.matrix=ring", "num_clients=4"), "gosgd"),
@@ -106,3 +110,14 @@ def test_initial_state_debiases_to_the_initial_model(method, w):
     for y, wi in zip(ys, ws):
         np.testing.assert_allclose(gossip.debias(y, wi)["w"], x0["w"], rtol=1e-6)
         assert y["n"] == x0["n"]
+
+
+def test_custom_row_stochastic_matrix_is_accepted_by_dpsgd():
+    cfg = config.parse(config.flatten(compose("strategy=dpsgd", "strategy.matrix=custom", "num_clients=2",
+                                              "strategy.custom='0.5,0.5;0.2,0.8'")))
+    assert cfg.strategy.params.custom == "0.5,0.5;0.2,0.8"
+
+
+def test_strong_connectivity():
+    assert gossip.strongly_connected(mixing.directed_exponential(8, 0))
+    assert not gossip.strongly_connected(np.array([[1.0, 0.0], [0.5, 0.5]]))  # node 1 never sends to node 0

@@ -28,6 +28,10 @@ def parse(*over):
     (("system.latency_ms=-1",), "system.latency_ms=-1.0 is invalid; allowed: a finite number >= 0"),
     (("strategy=slowmo", "client.local_steps=2", "strategy.beta=1.5"), "strategy.beta=1.5 is invalid"),
     (("strategy=localsgd", "client.local_steps=2", "strategy.momentum_mode=sometimes"), "strategy.momentum_mode='sometimes'"),
+    (("strategy=fednova", "client.local_steps=2", "strategy.momentum_mode=keep"), "strategy.momentum_mode='keep' is invalid"),
+    (("strategy=slowmo", "client.local_steps=2", "strategy.aggregation=fednova", "strategy.momentum_mode=average"),
+     "reset with aggregation=fednova"),
+    (("schedule.warmup=2", "schedule.warmup_start=0"), "schedule.warmup_start=0.0 is invalid; allowed: 0 < x <= 1"),
 ])
 def test_bad_input_is_refused_before_training(over, message):
     with pytest.raises(config.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -1,7 +1,7 @@
 """Synchronous strategies end to end on Flower's simulation engine (small runs, results files asserted).
 
 A: LocalSGD, K=2, post-local-SGD steps (J = 1 in round 1, then 3). B: SlowMo with alpha=1, beta=0 on
-the same config == A exactly. C: SlowMo (beta 0.5) + FedNova aggregation + optimizer state averaged
+the same config == A exactly. C: SlowMo (beta 0.5) + step-weighted aggregation + optimizer state averaged
 by the server, on fixed-time rounds with speeds 1:2 and a simulated network, 3 rounds straight.
 D: C stopped after 2 rounds and resumed == C exactly (slow momentum and averaged optimizer state
 come back from the checkpoint).
@@ -20,7 +20,7 @@ from fedlab_app.simulate import simulate
 pytestmark = needs_fmnist
 BASE = ("dataset.limit_train=1200", "num_clients=2", "client.batch_size=32", "eval.every=1")
 A = ("strategy=localsgd", "rounds=2", "client.local_steps=3", "steps.rule=post_local", "steps.switch_round=2")
-C = ("strategy=slowmo", "strategy.beta=0.5", "strategy.aggregation=fednova", "strategy.momentum_mode=average",
+C = ("strategy=slowmo", "strategy.beta=0.5", "strategy.aggregation=steps", "strategy.momentum_mode=average",
      "rounds=3", "system.profile=ratios", "system.ratios=1:2", "system.budget=2", "system.step_time_s=0.01",
      "system.bandwidth_mbps=100", "system.latency_ms=5")
 
