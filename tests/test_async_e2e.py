@@ -79,3 +79,4 @@ def test_stopped_and_resumed_run_equals_the_straight_run(runs, resumed):
     for k in x:
         np.testing.assert_array_equal(x[k], y[k], err_msg=k)
     assert sx["staleness_histogram"] == sy["staleness_histogram"]
+    assert sx["comm"]["messages"] == sy["comm"]["messages"] and sx["comm"]["bytes"] == sy["comm"]["bytes"]
