@@ -147,7 +147,7 @@ def run(cfg: Config, grid, run_dir: RunDir) -> dict:
             srv.now = finish if p.clock == "virtual" else time.perf_counter() - t0
             srv.inflight.clear()
         else:
-            for _ in range(m):
+            for i in range(m):
                 if p.clock == "virtual":
                     srv.now, wk = srv.clock.pop()
                     wk, rep = srv.collect(wk)
@@ -159,7 +159,7 @@ def run(cfg: Config, grid, run_dir: RunDir) -> dict:
                 f = srv.inflight.pop(wk)
                 srv.staleness.append(srv.state.version - f["version"])
                 w = A.server_step(w, g, lr, p, srv.state, wk, f["w"])
-                if rnd < cfg.rounds:  # no new work after the last round's results
+                if rnd < cfg.rounds or i < m - 1:  # no new work after the run's last update
                     srv.dispatch(wk, w, lr)
         rec.state.sim_time_s = srv.now
         recent = srv.staleness[-m:]
