@@ -131,6 +131,7 @@ def test_cli_rejects_bad_input_before_starting(args, expected):
     assert "ray" not in proc.stderr.lower()  # nothing started
 
 
+@pytest.mark.slow
 def test_cli_multirun_sweep(tmp_path):
     """`fedlab run --multirun` runs each combination into its own folder of one sweep folder and exits 0."""
     env_root = tmp_path / "sweep"
