@@ -60,6 +60,7 @@ def stop_tree(pids: list[int]) -> None:
 
 
 @needs_fmnist
+@pytest.mark.slow
 def test_flwr_run_dot(tmp_path):
     port, control = free_port(), free_port()
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr_home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
