@@ -180,7 +180,7 @@ def target_cells(group: Group, target: float) -> list[str]:
     got = [h for h in hits if h]
     note = f" ({len(got)} of {len(hits)} reached)" if got and len(got) < len(hits) else ""
     return [fmt(summarize(h[col] for h in got), d, s, label_n1=False) + note if got else "-"
-            for col, s, d in (("round", 1.0, 1), ("messages", 1.0, 0), ("bytes", 1e-6, 2))]
+            for col, s, d in (("round", 1.0, int(len(got) > 1)), ("messages", 1.0, 0), ("bytes", 1e-6, 2))]
 
 
 def flat_table(groups: list[Group], names: dict[str, str], metric: str = "final.test_acc",
@@ -194,7 +194,9 @@ def flat_table(groups: list[Group], names: dict[str, str], metric: str = "final.
     body = []
     for g in groups:
         row = [str(v) for v in g.values.values()] + [str(len(g.runs)), *(g.cell(a, label_n1=False) for a in accs)]
-        row += [g.cell(key, d, s, False) if g.ok_runs else "-" for _, key, s, d in TOTALS] + [g.outcome()]
+        whole = len(g.ok_runs) == 1  # a single run's rounds and messages are integers
+        row += [g.cell(key, 0 if whole and s == 1.0 and key != "sim_time_s" else d, s, False) if g.ok_runs else "-"
+                for _, key, s, d in TOTALS] + [g.outcome()]
         body.append(row + (target_cells(g, target) if target is not None else []))
     return header, body
 

@@ -69,7 +69,7 @@ def test_flat_table_with_target_accuracy(tmp_path):
     out = compare([str(tmp_path)], out=str(tmp_path / "cmp"), flat=True, target=0.5, console=quiet(tmp_path))
     rows = list(csv.reader(open(out / "compare.csv")))
     assert rows[0][0] == "K" and rows[0][-3:] == ["round@0.5", "messages@0.5", "MB@0.5"]
-    assert rows[1][0] == "2" and rows[1][-3:] == ["2.0", "4", "0.00"]
+    assert rows[1][0] == "2" and rows[1][-3:] == ["2", "4", "0.00"]
     assert rows[2][0] == "3" and rows[2][-3:] == ["-", "-", "-"]
 
 
