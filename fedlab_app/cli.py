@@ -7,6 +7,10 @@
                                           runs side by side: a table (a pivot for two keys) and plots
     fedlab deploy up|run|status|down|certs|key|connect ...
                                           the same app on a real SuperLink and SuperNodes (`fedlab deploy --help`)
+    fedlab report PATH... [--out FILE] [--target ACC] [--title TEXT] [--screenshot PNG]
+                                          one self-contained HTML page: varying config, CI table, every plot
+    fedlab landscape RUN_DIR... [--out DIR] [--grid N] [--samples N] [--filter-norm]
+                                          loss contours on the trajectories' first two PCA axes (from checkpoints)
 """
 
 from __future__ import annotations
@@ -97,6 +101,50 @@ def _compare(argv: list[str]) -> int:
     return 0
 
 
+def _report(argv: list[str]) -> int:
+    import argparse
+
+    from fedlab_app.html_report import build_report, screenshot
+
+    ap = argparse.ArgumentParser(prog="fedlab report", description="One self-contained HTML page of runs.")
+    ap.add_argument("paths", nargs="+", help="run directories or folders holding them (a sweep, a study)")
+    ap.add_argument("--out", help="HTML file (default: <path>/report.html for one folder, else ./report.html)")
+    ap.add_argument("--target", type=float, help="also show rounds, messages and MB to reach this test accuracy")
+    ap.add_argument("--title", help="page title")
+    ap.add_argument("--screenshot", help="also render the page to this PNG with headless Chromium")
+    args = ap.parse_args(argv)
+    try:
+        page = build_report(args.paths, args.out, args.target, args.title)
+        print(page)
+        if args.screenshot:
+            print(screenshot(page, args.screenshot))
+    except FileNotFoundError as exc:
+        print(f"fedlab report: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _landscape(argv: list[str]) -> int:
+    import argparse
+
+    from fedlab_app.landscape_io import run_landscape
+
+    ap = argparse.ArgumentParser(prog="fedlab landscape", description="Loss landscape around runs' trajectories.")
+    ap.add_argument("paths", nargs="+", help="run directories with checkpoints (one common PCA basis)")
+    ap.add_argument("--out", help="folder for landscape.png/.json (default: the first run's plots/)")
+    ap.add_argument("--grid", type=int, default=21, help="grid points per axis (default 21)")
+    ap.add_argument("--samples", type=int, default=2000, help="training samples the loss is evaluated on")
+    ap.add_argument("--filter-norm", action="store_true", help="filter-normalised directions (Li et al. 2018)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the training subset")
+    args = ap.parse_args(argv)
+    try:
+        print(run_landscape(args.paths, args.out, args.grid, args.samples, args.filter_norm, seed=args.seed))
+    except FileNotFoundError as exc:
+        print(f"fedlab landscape: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main() -> None:
     """Entry point of the ``fedlab`` script."""
     args = sys.argv[1:]
@@ -116,9 +164,13 @@ def main() -> None:
         raise SystemExit(0)
     if cmd == "compare":
         raise SystemExit(_compare(rest))
+    if cmd == "report":
+        raise SystemExit(_report(rest))
+    if cmd == "landscape":
+        raise SystemExit(_landscape(rest))
     if cmd == "deploy":
         from fedlab_app.deploy_cli import main as deploy_main
 
         raise SystemExit(deploy_main(rest))
-    print(f"fedlab: unknown command {cmd!r}; allowed: run, plot, compare, deploy\n{USAGE}", file=sys.stderr)
+    print(f"fedlab: unknown command {cmd!r}; allowed: run, plot, compare, report, landscape, deploy\n{USAGE}", file=sys.stderr)
     raise SystemExit(2)
