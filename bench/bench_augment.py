@@ -14,7 +14,7 @@ to hide behind in training (PERF-NOTES: batched keeps 0.91-0.92 of plain speed, 
 Variants are interleaved within each repeat and medians reported; ratios are throughput relative
 to ``plain`` (plain time / variant time), comparable within one run only (the machine drifts).
 
-The process is tuned as training processes are (``fedlab_app.perf.tune_process``: 1 thread, glibc
+The process is tuned as training processes are (``clients.perf.tune_process``: 1 thread, glibc
 mallopt so that freed batch buffers are not returned to the OS); ``--no-tune`` leaves glibc default.
 
     python bench/bench_augment.py [--n 20000] [--train-n 3200] [--repeats 7] [--threads 1]
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clients.augment import random_crop_flip  # noqa: E402
-from fedlab_app.perf import tune_process  # noqa: E402
+from clients.perf import tune_process  # noqa: E402
 
 B, PAD = 128, 4
 

@@ -30,7 +30,7 @@ slow each other far more than 2x, so medians are taken over the clean epochs (ot
 cores) when each variant has at least 3 of them, over all epochs otherwise (the JSON says which);
 before each epoch the run waits until the machine is quiet (at most ``--max-wait`` seconds in all).
 The process is tuned as ``fedlab run strategy=centralized`` tunes it
-(``fedlab_app.perf.tune_process``: ``--threads`` torch threads + glibc mallopt), for all variants
+(``clients.perf.tune_process``: ``--threads`` torch threads + glibc mallopt), for all variants
 alike; ``--no-tune`` sets only the thread count. At the end each variant's model is evaluated on
 the test set (a check that all of them trained).
 
@@ -70,7 +70,7 @@ from fedlab_app import config  # noqa: E402
 from fedlab_app.config import PartitionCfg  # noqa: E402
 from fedlab_app.local import fresh_model, local_data  # noqa: E402
 from fedlab_app.models import build_model, use_channels_last  # noqa: E402
-from fedlab_app.perf import tune_process  # noqa: E402
+from clients.perf import tune_process  # noqa: E402
 
 CASES = {  # name -> (description, Hydra overrides after strategy=centralized)
     "fmnist32": ("Fashion-MNIST, LeNet-5, B=32", ["client.batch_size=32"]),

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedlab_app.config import OptimizerCfg
+from fedlab_base.schema import OptimizerCfg
 
 
 def param_groups(model: nn.Module, weight_decay: float, trust: bool = False) -> list[dict]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from fedlab_app.config import ScheduleCfg
+from fedlab_base.schema import ScheduleCfg
 
 
 def scaled_lr(lr: float, batch_size: int, cfg: ScheduleCfg) -> float:

@@ -25,16 +25,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-PROFILES = ("uniform", "ratios", "lognormal")
+from fedlab_base.checks import parse_ratios
+from fedlab_base.schema import PROFILES
 
-
-def parse_ratios(text: str) -> list[float]:
-    """``"1:2:4:8"`` (or commas) -> ``[1.0, 2.0, 4.0, 8.0]``; raises ValueError on a bad entry."""
-    parts = [p for p in text.replace(",", ":").replace(" ", "").split(":") if p]
-    values = [float(p) for p in parts]
-    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
-        raise ValueError(f"speed ratios must be positive numbers separated by ':', got {text!r}")
-    return values
+__all__ = ["PROFILES", "parse_ratios", "client_speeds", "budget_steps", "compute_time", "transfer_time", "round_time"]
 
 
 def client_speeds(profile: str, num_clients: int, seed: int, ratios: str = "", sigma: float = 0.5) -> np.ndarray:

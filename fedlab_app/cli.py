@@ -18,22 +18,27 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from fedlab_app.compose import CONF_DIR, register_resolvers
+
 USAGE = __doc__
 
 
+EXIT_CODES = {"finished": 0, "stopped": 0, "failed": 1, "config": 2, "diverged": 3, "interrupted": 130}
+
+
 def _run_task(dcfg) -> str:
-    """One Hydra job: compose -> validate -> simulate -> one-screen summary. Returns the run status."""
+    """One Hydra job: compose -> validate -> simulate -> one-screen summary. Returns the run status.
+
+    A config or preflight error exits with 2, an interrupted run (Ctrl-C) with 130 after one line
+    saying how to resume (this also ends a sweep).
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import OmegaConf
 
     from fedlab_app import config, report
     from fedlab_app.simulate import PreflightError, simulate
 
-    nested = OmegaConf.to_container(dcfg, resolve=True)
-    nested.pop("hydra", None)
-    nested = {k: v for k, v in nested.items() if not k.startswith("_")}  # experiment-local helper values
+    nested = config.from_hydra(dcfg)
     hydra_cfg = HydraConfig.get()
     if not nested.get("out_dir") and hydra_cfg.mode == RunMode.MULTIRUN:  # sweep job -> its folder in the sweep
         nested["out_dir"] = hydra_cfg.runtime.output_dir
@@ -41,21 +46,22 @@ def _run_task(dcfg) -> str:
         cfg = config.parse(config.flatten(nested))
     except config.ConfigError as exc:
         print(f"fedlab: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CODES["config"]) from None
+    if cfg.out_dir and Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
+        print(f"fedlab: configuration error: out_dir={cfg.out_dir} is an existing file; allowed: a directory "
+              f"(new or a run directory)", file=sys.stderr)
+        raise SystemExit(EXIT_CODES["config"])
     try:
         summary = simulate(cfg)
     except PreflightError as exc:
         print(f"fedlab: cannot start: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CODES["config"]) from None
+    if summary.get("status") == "interrupted":
+        print(f"fedlab: interrupted; round {summary.get('rounds', 0)} is the last one saved. Continue with: "
+              f"{summary.get('resume')}", file=sys.stderr)
+        raise SystemExit(EXIT_CODES["interrupted"])
     report.print_summary(summary)
     return summary.get("status", "failed")
-
-
-def register_resolvers() -> None:
-    """OmegaConf resolvers for experiment configs: ``${div:a,b}`` = a // b (at least 1), e.g. rounds = T // J."""
-    from omegaconf import OmegaConf
-
-    OmegaConf.register_new_resolver("div", lambda a, b: max(1, int(a) // int(b)), replace=True)
 
 
 def _hydra_main(argv: list[str]) -> int:
@@ -70,9 +76,33 @@ def _hydra_main(argv: list[str]) -> int:
         statuses.append(_run_task(dcfg))
 
     sys.argv = [sys.argv[0], *argv]
-    task()
-    bad = [s for s in statuses if s != "finished"]
-    return 1 if bad or not statuses else 0
+    try:
+        task()
+    except SystemExit as exc:  # a config/preflight error or an interrupt: its code, once no thread is left
+        return _no_threads_left(exc.code if isinstance(exc.code, int) else int(exc.code is not None))
+    except KeyboardInterrupt:  # outside a run (composing the config, printing the summary)
+        print("fedlab: interrupted", file=sys.stderr)
+        return _no_threads_left(EXIT_CODES["interrupted"])
+    codes = [EXIT_CODES.get(s, EXIT_CODES["failed"]) for s in statuses] or [EXIT_CODES["failed"]]
+    return _no_threads_left(1 if 1 in codes else max(codes))  # a failed run first, then diverged
+
+
+def _no_threads_left(code: int, timeout_s: float = 10.0) -> int:
+    """Return ``code`` once no other non-daemon thread runs; exit the process with it if one is stuck."""
+    import os
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
+        print("fedlab: a thread of the run did not stop; exiting anyway", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _compare(argv: list[str]) -> int:

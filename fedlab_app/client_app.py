@@ -1,30 +1,31 @@
-"""ClientApp: unpack the Message -> clients.train on this node's shard -> pack the reply.
+"""ClientApp: unpack the Message -> the mode's client_fit on this node's shard -> the reply.
 
-Static settings (dataset, model, optimizer, batch size) come from the run_config; per-round
-settings (lr, epochs or steps, round) come in the message's ConfigRecord. The shard is loaded once
-per process and cached; nothing that must survive rounds is kept in Python globals.
+Static settings (dataset, model, optimizer, batch size) come from the run_config, parsed once per
+run and process; per-round settings (mode, lr, epochs or steps, round) come in the message's
+ConfigRecord. One dispatch on the message's ``mode`` value picks what the node does
+(``strategies.client_fits()``); every mode trains through :meth:`fedlab_app.local.Node.fit`. The
+shard is loaded once per process and cached; nothing that must survive rounds is kept in Python
+globals (it lives in the node's ``context.state``).
 """
 
 from __future__ import annotations
 
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.optim import load_optimizer_state, make_optimizer, optimizer_state
-from clients.train import evaluate, round_first_epoch, train
+import strategies
+from clients.perf import tune_process
+from clients.train import evaluate
 from fedlab_app import config
-from fedlab_app.async_client import async_train
-from fedlab_app.gossip_client import gossip_train
-from fedlab_app.local import fresh_model, local_data, train_reply
-from fedlab_app.perf import tune_process
+from fedlab_app.local import Node
 
 app = ClientApp()
-OPT_KEY = "optimizer"  # the optimizer state's ArrayRecord: in context.state (keep), from the server (average)
-OPT_PREFIX = "optimizer/"  # ... and back to the server inside the reply's ArrayRecord (average)
+FITS = strategies.client_fits()
 
 
-def _setup(msg: Message, context: Context):
-    cfg = config.parse(context.run_config, strict=False)
+def node_for(msg: Message, context: Context) -> Node:
+    """This node (config parsed once per process), with the message's model loaded when it brings one."""
+    cfg = config.parse_cached(context.run_config)
     tune_process(cfg.sim.threads_per_client)
     pid = int(context.node_config["partition-id"])
     num = int(context.node_config.get("num-partitions", cfg.num_clients))
@@ -32,58 +33,33 @@ def _setup(msg: Message, context: Context):
         raise ValueError(f"this node was told num-partitions={num} but the run has num_clients={cfg.num_clients}")
     if not 0 <= pid < num:
         raise ValueError(f"this node was told partition-id={pid}; allowed: 0 .. {num - 1} (num-partitions={num})")
-    local = local_data(cfg, pid, cfg.num_clients)
-    model = fresh_model(cfg, local)
+    node = Node(cfg, pid, cfg.num_clients, context.state)
     if "arrays" in msg.content:  # gossip messages carry the neighbours' models instead
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return cfg, pid, local, model
+        node.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return node
 
 
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
-    """Train the received model on this node's shard and send it back with its metrics.
-
-    ``local-steps`` holds one entry per partition id (0: train ``local-epochs`` epochs). With
-    ``momentum-mode`` keep, the optimizer state survives rounds in this node's ``context.state``;
-    with average, it arrives with the model (from round 2) and goes back in the reply's arrays,
-    its keys prefixed with ``optimizer/``.
-    """
-    cfg, pid, local, model = _setup(msg, context)
-    conf = msg.content["config"]
-    if "gossip" in conf:
-        return gossip_train(msg, context, cfg, pid, local, model)
-    if "async" in conf:
-        return async_train(msg, context, cfg, pid, local, model)
-    rnd, epochs, steps = int(conf["server-round"]), int(conf["local-epochs"]), int(conf["local-steps"][pid])
-    mode = str(conf.get("momentum-mode", "reset"))
-    first_epoch = round_first_epoch(rnd, epochs, steps)
-    opt = make_optimizer(model, cfg.optimizer, float(conf["lr"]))
-    carried = context.state.get(OPT_KEY) if mode == "keep" else msg.content.get(OPT_KEY) if mode == "average" else None
-    if carried is not None:
-        load_optimizer_state(opt, {k: v.numpy() for k, v in carried.items()})
-    res = train(model, local.x, local.y, local.norm, opt, batch_size=cfg.client.batch_size, seed=cfg.seed,
-                stream=pid, first_epoch=first_epoch, epochs=epochs, steps=steps, augment=local.augment)
-    state = {k: Array(v.contiguous().numpy()) for k, v in model.state_dict().items()}
-    if mode != "reset":
-        opt_state = {k: Array(v) for k, v in optimizer_state(opt).items()}
-        if mode == "keep":
-            context.state[OPT_KEY] = ArrayRecord(opt_state)
-        else:  # Flower's strategies expect one ArrayRecord per reply: the state travels in it, prefixed
-            state.update({OPT_PREFIX + k: v for k, v in opt_state.items()})
-    return train_reply(msg, ArrayRecord(state), local, res, pid)
+    """Do what the message's ``mode`` asks of this node (train, mix and train, compute a gradient)."""
+    mode = str(msg.content["config"].get("mode", ""))
+    if mode not in FITS:
+        raise ValueError(f"train message with mode={mode!r}; this node knows: {', '.join(sorted(FITS))}")
+    return FITS[mode](msg, node_for(msg, context))
 
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this node's shard (federated evaluation)."""
-    cfg, pid, local, model = _setup(msg, context)
-    loss, acc = evaluate(model, local.x, local.y, local.norm, cfg.eval.batch_size)
-    metrics = MetricRecord({"num-examples": len(local.y), "eval-loss": loss, "eval-acc": acc, "partition-id": pid})
+    node = node_for(msg, context)
+    local = node.local
+    loss, acc = evaluate(node.model, local.x, local.y, local.norm, node.cfg.eval.batch_size)
+    metrics = MetricRecord({"num-examples": len(local.y), "eval-loss": loss, "eval-acc": acc, "partition-id": node.pid})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
 @app.query()
 def query_handler(msg: Message, context: Context) -> Message:
-    """Tell the server this node's partition id (gossip uses it to address node-to-node messages)."""
+    """Tell the server this node's partition id (the driver addresses nodes by it)."""
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": int(context.node_config["partition-id"])})}),
                    reply_to=msg)

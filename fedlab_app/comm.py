@@ -72,50 +72,90 @@ class Ledger:
 
 
 class CountingGrid:
-    """Wraps a Flower Grid; counts every message through :meth:`send_and_receive` in a :class:`Ledger`."""
+    """Wraps a Flower Grid: every message the run sends or receives is counted here, in one :class:`Ledger`.
+
+    Blocking (:meth:`send_and_receive`) and non-blocking (:meth:`push_messages`/:meth:`pull_messages`)
+    traffic alike, and node-to-node transfers that the server relays (:meth:`transfer`). Nodes are
+    named by partition id (``node_names``, from discovery or the replies). ``round_bytes`` holds
+    each node's bytes (both ways) since :meth:`begin_round`.
+    """
 
     def __init__(self, grid: Any, ledger: Ledger, node_names: dict[int, Any] | None = None) -> None:
         self._grid = grid
         self.ledger = ledger
         self.node_names = node_names if node_names is not None else {}
-        self.last_bytes: dict = {}  # bytes both ways per node in the last send_and_receive
-        self._asked: dict[str, int] = {}  # message id -> node id of the last send_and_receive
+        self.round_bytes: dict = defaultdict(int)
+        self._asked: dict[str, int] = {}  # message id -> node id of every message sent
 
     def __getattr__(self, name: str) -> Any:  # get_node_ids, run, ... pass through
         return getattr(self._grid, name)
 
-    @staticmethod
-    def replier(rep: Message, asked: dict[str, int]) -> int:
+    def begin_round(self) -> None:
+        """Start a new round's per-node byte tally."""
+        self.round_bytes = defaultdict(int)
+
+    def replier(self, rep: Message) -> int:
         """The node a reply answers for: an error the SuperLink made for a dead node carries the SuperLink's
         own id as its source, so take the node the original message went to."""
-        return asked.get(rep.metadata.reply_to_message_id, rep.metadata.src_node_id)
+        return self._asked.get(rep.metadata.reply_to_message_id, rep.metadata.src_node_id)
 
     def name_of(self, rep: Message) -> Any:
-        """How the ledger and the logs name the node behind ``rep`` (a reply of the last call)."""
-        return self._name(self.replier(rep, self._asked))
+        """How the ledger and the logs name the node behind the reply ``rep``."""
+        return self._name(self.replier(rep))
 
     def _name(self, node_id: int) -> Any:
         return self.node_names.get(node_id, node_id)
 
-    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
-        """Send, wait for the replies, and count both directions (errors count as messages of 0 bytes).
-
-        Counting happens after the replies arrive so that a node is named by the partition id its
-        reply carries (node ids are random per run; partition ids survive a resume).
-        """
-        messages = list(messages)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-        asked = self._asked = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    def _learn(self, replies: Iterable[Message]) -> None:
         for rep in replies:
             if not rep.has_error() and "metrics" in rep.content.metric_records:
                 pid = rep.content["metrics"].get("partition-id")
                 if pid is not None:
                     self.node_names[rep.metadata.src_node_id] = int(pid)
-        self.last_bytes = defaultdict(int)
-        for direction, items, node_of in (("down", messages, lambda m: m.metadata.dst_node_id),
-                                          ("up", replies, lambda m: self.replier(m, asked))):
-            for m in items:
-                name, nbytes = self._name(node_of(m)), message_bytes(m)
-                self.ledger.record(direction, name, nbytes)
-                self.last_bytes[name] += nbytes
+
+    def _count(self, direction: str, node: Any, msg: Message) -> None:
+        nbytes = message_bytes(msg)
+        self.ledger.record(direction, node, nbytes)
+        self.round_bytes[node] += nbytes
+
+    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None,
+                         count: str | None = "both") -> list[Message]:
+        """Send, wait for the replies, and count (``count``: "both", "down" only, or None; errors count as
+        messages of 0 bytes). Counting happens after the replies arrive so that a node is named by the
+        partition id its reply carries (node ids are random per run; partition ids survive a resume)."""
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._asked.update({m.metadata.message_id: m.metadata.dst_node_id for m in messages})
+        self._learn(replies)
+        if count in ("both", "down"):
+            for m in messages:
+                self._count("down", self._name(m.metadata.dst_node_id), m)
+        if count == "both":
+            for r in replies:
+                self._count("up", self.name_of(r), r)
         return replies
+
+    def push_messages(self, messages: Iterable[Message], count: bool = True) -> list[str]:
+        """Push without waiting; count each message sent (``count=False``: work re-issued after a resume,
+        which the checkpointed ledger already holds)."""
+        messages = list(messages)
+        ids = list(self._grid.push_messages(messages))
+        for mid, m in zip(ids, messages):
+            self._asked[mid] = m.metadata.dst_node_id
+            if count:
+                self._count("down", self._name(m.metadata.dst_node_id), m)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """Pull the replies that have arrived for ``message_ids``; count each one."""
+        replies = list(self._grid.pull_messages(list(message_ids)))
+        self._learn(replies)
+        for r in replies:
+            self._count("up", self.name_of(r), r)
+        return replies
+
+    def transfer(self, src: Any, dst: Any, nbytes: int) -> None:
+        """Count one node-to-node message of ``nbytes`` bytes that the server relays."""
+        self.ledger.transfer(src, dst, nbytes)
+        self.round_bytes[src] += nbytes
+        self.round_bytes[dst] += nbytes

@@ -1,388 +1,52 @@
-"""The one place that reads, validates and converts configuration.
+"""The one place that reads and validates configuration: run_config or nested dict -> frozen Config.
 
-Config flows one way: Hydra composes ``conf/`` + overrides into a nested dict -> :func:`flatten`
-turns it into Flower's flat run_config (dotted keys, scalar values) -> :func:`parse` validates it
-into a frozen :class:`Config`. The ServerApp and the ClientApp call :func:`parse` on
-``context.run_config``; nothing else reads raw keys.
+Config flows one way: Hydra composes ``conf/`` + overrides into a nested dict
+(:func:`~fedlab_app.flat.from_hydra`) -> :func:`~fedlab_app.flat.flatten` turns it into Flower's flat
+run_config (dotted keys, scalar values) -> :func:`parse` validates it into a frozen
+:class:`~fedlab_base.schema.Config`. The ServerApp and the ClientApp call :func:`parse_cached` on
+``context.run_config`` (once per run and process); nothing else reads raw keys.
 
-Strategy-specific keys (``strategy.*`` other than ``name``) are validated by the ``Params``
-dataclass that the strategy registers (see ``strategies/__init__.py``), through the same
-:func:`build` helper, so adding a strategy does not touch this file.
+The job is split by module: the schema and its defaults (``fedlab_base/schema.py``), coercion of
+raw values (``fedlab_app/coerce.py``), flattening (``fedlab_app/flat.py``). Strategy-specific keys
+(``strategy.*`` other than ``name``) are validated by the ``Params`` dataclass that the strategy
+registers (``strategies/__init__.py``), so adding a strategy does not touch this file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import functools
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from fedlab_app.data import DATASETS, SOURCES
-from fedlab_app.partition import PARTITIONERS as PARTITIONS
+from fedlab_app.coerce import build, unknown_key_error
+from fedlab_app.flat import flatten, from_hydra, to_nested, to_run_config, unflatten
+from fedlab_base.checks import ConfigError, Scalar, check, check_choice
+from fedlab_base.schema import (SECTIONS, ClientCfg, Config, DatasetCfg, EvalCfg, ModelCfg, OptimizerCfg,
+                                PartitionCfg, ScheduleCfg, SimCfg, StepsCfg, StrategyCfg, SystemCfg)
+from strategies import REGISTRY
 
-Scalar = bool | int | float | str
-MODELS = ("lenet5", "cnn64")
-OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
-SCHEDULES = ("auto", "constant", "step", "cosine")  # auto: the strategy's default (strategies.Spec.schedule)
-SCALINGS = ("none", "linear", "sqrt")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key, the value and what is allowed."""
-
-
-def check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    """Raise :class:`ConfigError` ``"<key>=<value> is invalid: allowed <allowed>"`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid; allowed: {allowed}")
+__all__ = ["ConfigError", "Config", "Scalar", "check", "check_choice", "flatten", "unflatten", "from_hydra",
+           "to_nested", "to_run_config", "parse", "parse_cached", "check_paths", "build", "SECTIONS", "ClientCfg",
+           "DatasetCfg", "EvalCfg", "ModelCfg", "OptimizerCfg", "PartitionCfg", "ScheduleCfg", "SimCfg", "StepsCfg",
+           "StrategyCfg", "SystemCfg"]
 
 
-def check_choice(key: str, value: Any, choices: Iterable[str]) -> None:
-    """Raise unless ``value`` is one of ``choices``."""
-    choices = tuple(choices)
-    check(value in choices, key, value, "one of " + ", ".join(choices))
-
-
-# ----------------------------------------------------------------------------- sections
-@dataclass(frozen=True)
-class DatasetCfg:
-    name: str = "fashion_mnist"
-    source: str = "auto"
-    data_dir: str = ""
-    val_fraction: float = 0.0
-    limit_train: int = 0
-    augment: bool = False  # random crop (4-pixel padding) + horizontal flip of training batches
-
-    def validate(self, p: str) -> None:
-        check_choice(f"{p}.name", self.name, DATASETS)
-        check_choice(f"{p}.source", self.source, SOURCES)
-        check(0.0 <= self.val_fraction < 1.0, f"{p}.val_fraction", self.val_fraction, "0 <= x < 1")
-        check(self.limit_train >= 0, f"{p}.limit_train", self.limit_train, "0 (all) or a positive count")
-
-
-@dataclass(frozen=True)
-class PartitionCfg:
-    name: str = "iid"
-    alpha: float = 0.5
-    classes_per_client: int = 2
-    shards_per_client: int = 2
-    min_size: int = 1
-
-    def validate(self, p: str) -> None:
-        check_choice(f"{p}.name", self.name, PARTITIONS)
-        check(self.alpha > 0 and math.isfinite(self.alpha), f"{p}.alpha", self.alpha, "a finite number > 0")
-        check(self.classes_per_client >= 1, f"{p}.classes_per_client", self.classes_per_client, "an integer >= 1")
-        check(self.shards_per_client >= 1, f"{p}.shards_per_client", self.shards_per_client, "an integer >= 1")
-        check(self.min_size >= 0, f"{p}.min_size", self.min_size, "an integer >= 0")
-
-
-@dataclass(frozen=True)
-class ModelCfg:
-    name: str = "lenet5"
-    batchnorm: bool = False
-    dropout: float = 0.0
-
-    def validate(self, p: str) -> None:
-        check_choice(f"{p}.name", self.name, MODELS)
-        check(0.0 <= self.dropout < 1.0, f"{p}.dropout", self.dropout, "0 <= p < 1")
-
-
-@dataclass(frozen=True)
-class OptimizerCfg:
-    name: str = "sgd"
-    momentum: float = 0.9  # sgd, lars
-    nesterov: bool = False  # sgd
-    weight_decay: float = 0.0  # all; decoupled for adamw and lamb, applied to weights (ndim > 1) only
-    beta1: float = 0.9  # adamw, lamb
-    beta2: float = 0.999  # adamw, lamb
-    eps: float = 1e-8  # adamw, lamb (lars: added to the trust-ratio denominator)
-    trust_coef: float = 0.001  # lars: eta in eta*||w|| / (||g|| + wd*||w||)
-
-    def validate(self, p: str) -> None:
-        check_choice(f"{p}.name", self.name, OPTIMIZERS)
-        check(0.0 <= self.momentum < 1.0, f"{p}.momentum", self.momentum, "0 <= momentum < 1")
-        check(not self.nesterov or self.momentum > 0, f"{p}.nesterov", self.nesterov, "false when momentum is 0")
-        check(not self.nesterov or self.name == "sgd", f"{p}.nesterov", self.nesterov, "true only with optimizer=sgd")
-        check(self.weight_decay >= 0.0, f"{p}.weight_decay", self.weight_decay, "a number >= 0")
-        check(0.0 <= self.beta1 < 1.0, f"{p}.beta1", self.beta1, "0 <= beta1 < 1")
-        check(0.0 <= self.beta2 < 1.0, f"{p}.beta2", self.beta2, "0 <= beta2 < 1")
-        check(self.eps > 0, f"{p}.eps", self.eps, "a number > 0")
-        check(self.trust_coef > 0, f"{p}.trust_coef", self.trust_coef, "a number > 0")
-
-
-@dataclass(frozen=True)
-class ScheduleCfg:
-    name: str = "auto"
-    warmup: float = 0.0  # linear warm-up length, in the schedule's unit (rounds, or epochs when centralized)
-    warmup_start: float = 0.1  # warm-up starts at warmup_start * lr (0 would waste the first unit)
-    milestones: str = ""  # step: comma-separated unit indices, e.g. "30,60"
-    gamma: float = 0.1  # step: lr <- gamma * lr at each milestone
-    lr_min: float = 0.0  # cosine: final lr
-    scaling: str = "none"  # large-batch lr scaling from ref_batch_size: none | linear (B/Bref) | sqrt
-    ref_batch_size: int = 256
-    per_step: bool = False  # centralized only: update the lr every step instead of every epoch
-
-    def validate(self, p: str) -> None:
-        check_choice(f"{p}.name", self.name, SCHEDULES)
-        check(self.warmup >= 0, f"{p}.warmup", self.warmup, "a number >= 0")
-        check(0.0 < self.warmup_start <= 1.0, f"{p}.warmup_start", self.warmup_start,
-              "0 < x <= 1 (an lr of 0 would waste the first unit and divide SlowMo's and async SGD's updates by 0)")
-        try:
-            ms = self.milestone_list
-        except ValueError:
-            ms = None
-        check(ms is not None and ms == sorted(ms) and all(m > 0 for m in ms), f"{p}.milestones", self.milestones,
-              'increasing positive integers separated by commas, e.g. "30,60"')
-        check(self.name != "step" or bool(ms), f"{p}.milestones", self.milestones, "at least one milestone with schedule=step")
-        check(0.0 < self.gamma <= 1.0, f"{p}.gamma", self.gamma, "0 < gamma <= 1")
-        check(self.lr_min >= 0, f"{p}.lr_min", self.lr_min, "a number >= 0")
-        check_choice(f"{p}.scaling", self.scaling, SCALINGS)
-        check(self.ref_batch_size >= 1, f"{p}.ref_batch_size", self.ref_batch_size, "an integer >= 1")
-
-    @property
-    def milestone_list(self) -> list[int]:
-        """``milestones`` parsed: ``"30, 60"`` -> ``[30, 60]``."""
-        return [int(m) for m in self.milestones.replace(" ", "").split(",") if m]
-
-
-@dataclass(frozen=True)
-class ClientCfg:
-    local_epochs: int = 1
-    local_steps: int = 0
-    batch_size: int = 32
-    lr: float = 0.05
-
-    def validate(self, p: str) -> None:
-        check(self.local_epochs >= 1, f"{p}.local_epochs", self.local_epochs, "an integer >= 1")
-        check(self.local_steps >= 0, f"{p}.local_steps", self.local_steps, "0 (use epochs) or an integer >= 1")
-        check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "an integer >= 1")
-        check(self.lr > 0 and math.isfinite(self.lr), f"{p}.lr", self.lr, "a finite number > 0")
-
-
-@dataclass(frozen=True)
-class StrategyCfg:
-    name: str = "fedavg"
-    params: Any = None  # the strategy's own frozen Params dataclass, validated by its builder
-
-
-@dataclass(frozen=True)
-class EvalCfg:
-    every: int = 1
-    batch_size: int = 1024
-    fraction_clients: float = 0.0
-
-    def validate(self, p: str) -> None:
-        check(self.every >= 1, f"{p}.every", self.every, "an integer >= 1")
-        check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "an integer >= 1")
-        check(0.0 <= self.fraction_clients <= 1.0, f"{p}.fraction_clients", self.fraction_clients, "0 <= x <= 1")
-
-
-@dataclass(frozen=True)
-class SimCfg:
-    cpus_per_client: float = 1.0
-    threads_per_client: int = 1
-
-    def validate(self, p: str) -> None:
-        check(self.cpus_per_client > 0, f"{p}.cpus_per_client", self.cpus_per_client, "a number > 0")
-        check(self.threads_per_client >= 1, f"{p}.threads_per_client", self.threads_per_client, "an integer >= 1")
-
-
-@dataclass(frozen=True)
-class SystemCfg:
-    """Simulated system heterogeneity (``clients/system.py``): speeds, fixed-time rounds, network."""
-
-    profile: str = "uniform"  # uniform | ratios | lognormal
-    ratios: str = ""  # profile=ratios: one relative speed per client, e.g. "1:2:4:8"
-    sigma: float = 0.5  # profile=lognormal: std of log(speed)
-    budget: float = 0.0  # > 0: fixed-time rounds of `budget` speed-1 steps; client i runs floor(budget*s_i) steps
-    step_time_s: float = 0.0  # simulated seconds per step at speed 1 (0: use the measured compute time)
-    bandwidth_mbps: float = 0.0  # link bandwidth for the simulated transfer time (0: infinite)
-    latency_ms: float = 0.0  # one-way latency per message
-
-    def validate(self, p: str) -> None:
-        from clients.system import PROFILES, parse_ratios
-
-        check_choice(f"{p}.profile", self.profile, PROFILES)
-        if self.profile == "ratios":
-            try:
-                parse_ratios(self.ratios)
-            except ValueError:
-                check(False, f"{p}.ratios", self.ratios, 'positive numbers separated by ":", one per client, e.g. "1:2:4:8"')
-        for key in ("sigma", "budget", "step_time_s", "bandwidth_mbps", "latency_ms"):
-            v = getattr(self, key)
-            check(v >= 0 and math.isfinite(v), f"{p}.{key}", v, "a finite number >= 0")
-
-
-@dataclass(frozen=True)
-class StepsCfg:
-    """Dynamic local steps J_t (``strategies/local_steps.py``); J_0 = ``client.local_steps``."""
-
-    rule: str = "fixed"  # fixed | linear | exp | lr | adacomm | post_local
-    final: int = 0  # linear / exp: J at the last round
-    lr_power: float = 1.0  # lr: J_t = ceil(J_0 (lr_t/lr_0)^lr_power)
-    switch_round: int = 0  # post_local: J = 1 before this round, J_0 from it on
-    max: int = 0  # upper bound on J_t (0: none)
-
-    def validate(self, p: str) -> None:
-        from strategies.local_steps import RULES
-
-        check_choice(f"{p}.rule", self.rule, RULES)
-        check(self.rule not in ("linear", "exp") or self.final >= 1, f"{p}.final", self.final,
-              f"an integer >= 1 with {p}.rule={self.rule}")
-        check(math.isfinite(self.lr_power), f"{p}.lr_power", self.lr_power, "a finite number")
-        check(self.rule != "post_local" or self.switch_round >= 1, f"{p}.switch_round", self.switch_round,
-              f"an integer >= 1 with {p}.rule=post_local")
-        check(self.max >= 0, f"{p}.max", self.max, "0 (no bound) or an integer >= 1")
-
-
-@dataclass(frozen=True)
-class Config:
-    dataset: DatasetCfg
-    partition: PartitionCfg
-    model: ModelCfg
-    optimizer: OptimizerCfg
-    schedule: ScheduleCfg
-    client: ClientCfg
-    strategy: StrategyCfg
-    eval: EvalCfg
-    sim: SimCfg
-    system: SystemCfg
-    steps: StepsCfg
-    seed: int = 0
-    num_clients: int = 10
-    rounds: int = 5
-    out_dir: str = ""
-    resume: str = "false"
-    checkpoint_every: int = 1
-    stop_after: int = 0
-    verbose: bool = False
-
-    def validate(self, p: str = "") -> None:
-        check(self.num_clients >= 1, "num_clients", self.num_clients, "an integer >= 1")
-        check(self.rounds >= 1, "rounds", self.rounds, "an integer >= 1")
-        check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
-        check(self.stop_after >= 0, "stop_after", self.stop_after, "0 (never) or an integer >= 1")
-        check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        check(bool(self.resume), "resume", self.resume, '"false", "true" or the path of a run directory')
-        if self.partition.name == "label_split":
-            check(self.num_clients <= 10 or self.dataset.name == "cifar100", "num_clients", self.num_clients,
-                  "at most the number of classes (10) with partition=label_split")
-        if self.system.profile == "ratios":
-            from clients.system import parse_ratios
-
-            n = len(parse_ratios(self.system.ratios))
-            check(n == self.num_clients, "system.ratios", self.system.ratios,
-                  f"exactly num_clients={self.num_clients} speeds (got {n})")
-        dynamic = self.steps.rule != "fixed"
-        check(not dynamic or self.client.local_steps >= 1, "client.local_steps", self.client.local_steps,
-              f"J_0 >= 1 with steps.rule={self.steps.rule}")
-        check(not dynamic or self.system.budget == 0, "system.budget", self.system.budget,
-              f"0 with steps.rule={self.steps.rule} (fixed-time rounds set the steps themselves)")
-
-    @property
-    def steps_mode(self) -> bool:
-        """Whether clients run a number of steps (J, a budget or a rule) rather than epochs."""
-        return self.client.local_steps > 0 or self.system.budget > 0
-
-    @property
-    def resume_requested(self) -> bool:
-        """Whether the run should continue from a checkpoint."""
-        return self.resume.lower() != "false"
-
-
-SECTIONS = {"dataset": DatasetCfg, "partition": PartitionCfg, "model": ModelCfg, "optimizer": OptimizerCfg,
-            "schedule": ScheduleCfg, "client": ClientCfg, "eval": EvalCfg, "sim": SimCfg, "system": SystemCfg,
-            "steps": StepsCfg}
-
-
-# ----------------------------------------------------------------------------- conversion
-def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
-    """Flatten a nested mapping into Flower's run_config form: ``{"client.lr": 0.05, ...}``."""
-    flat: dict[str, Scalar] = {}
-    for key, value in nested.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, name))
-        elif value is None:
-            raise ConfigError(f"{name}=None is invalid; run-config values must be bool, int, float or str")
-        elif isinstance(value, Scalar):
-            flat[name] = value
-        else:
-            raise ConfigError(f"{name}={value!r} is invalid; run-config values must be scalars (lists travel as strings)")
-    return flat
-
-
-def unflatten(flat: Mapping[str, Scalar]) -> dict[str, Any]:
-    """Inverse of :func:`flatten`."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
-
-
-def _coerce(key: str, value: Any, typ: Any) -> Any:
-    """Check ``value`` against the annotation ``typ`` (int accepted for float; bool/str normalized for resume)."""
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typ is str and isinstance(value, bool):  # Hydra parses resume=true as a bool
-        return str(value).lower()
-    if typ is str and isinstance(value, int):  # Hydra parses schedule.milestones=5 as an int
-        return str(value)
-    if typ is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))
-    check(ok, key, value, f"a value of type {typ.__name__}")
-    return value
-
-
-def build(cls: type, raw: Mapping[str, Any], prefix: str, strict: bool = True) -> Any:
-    """Build the frozen dataclass ``cls`` from ``raw``, checking types and calling ``validate(prefix)``.
-
-    Parameters
-    ----------
-    cls : type
-        A dataclass whose fields have plain ``bool/int/float/str`` annotations.
-    raw : Mapping
-        Values by field name. Missing fields take the dataclass default.
-    prefix : str
-        Dotted key prefix used in error messages (``"client"`` -> ``client.lr=...``).
-    strict : bool
-        Refuse keys that are not fields (typos) when True; ignore them when False.
-    """
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    if strict:
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-            raise ConfigError(f"unknown config key {key!r}; known keys under {prefix or 'the top level'}: "
-                              + ", ".join(sorted(names)))
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            key = f"{prefix}.{f.name}" if prefix else f.name
-            values[f.name] = _coerce(key, raw[f.name], hints[f.name])
-    obj = cls(**values)
-    if hasattr(obj, "validate"):
-        obj.validate(prefix)
-    return obj
-
-
-def parse(run_config: Mapping[str, Scalar], strict: bool = True) -> Config:
+def parse(run_config: Mapping[str, Any], strict: bool = True) -> Config:
     """Validate a flat run_config (or a nested dict) into a :class:`Config`.
 
-    ``strict=False`` ignores keys the chosen strategy does not use: Flower's run_config declares
-    the union of every strategy's keys (pyproject), while Hydra passes only the chosen group's.
+    ``strict=False`` ignores ``strategy.*`` keys the chosen strategy does not use: Flower's run_config
+    declares the union of every strategy's keys (pyproject), while Hydra passes only the chosen
+    group's. Unknown sections and unknown keys elsewhere are refused either way.
     """
-    from strategies import REGISTRY  # late import: strategies import flwr
-
     nested = unflatten(run_config) if any("." in k for k in run_config) else dict(run_config)
+    top_fields = {f.name for f in dataclasses.fields(Config)} - set(SECTIONS) - {"strategy"}
+    for key, value in nested.items():
+        if key not in SECTIONS and key != "strategy" and key not in top_fields:
+            raise unknown_key_error(key, [*SECTIONS, "strategy", *top_fields], "the top level")
+        check(isinstance(value, Mapping) == (key in SECTIONS or key == "strategy"), key, value,
+              "a section of keys" if key in SECTIONS or key == "strategy" else "a scalar value")
     sections = {name: build(cls, nested.get(name, {}), name) for name, cls in SECTIONS.items()}
     strat_raw = dict(nested.get("strategy", {}))
     name = strat_raw.pop("name", "fedavg")
@@ -395,23 +59,30 @@ def parse(run_config: Mapping[str, Scalar], strict: bool = True) -> Config:
           "client.local_steps", sections["client"].local_steps,
           f"an integer J >= 1 with strategy={name} (or fixed-time rounds, system.budget > 0)")
     if sections["schedule"].name == "auto":  # resolved here so that config.yaml records what ran
-        sections["schedule"] = dataclasses.replace(sections["schedule"], name=REGISTRY[name].schedule)
-    top = {k: v for k, v in nested.items() if not isinstance(v, Mapping)}
+        sections["schedule"] = dataclasses.replace(sections["schedule"], name=spec.schedule)
+    top = {k: v for k, v in nested.items() if k in top_fields}
     cfg = build(Config, {**top, **sections, "strategy": StrategyCfg(name, params)}, "")
     if spec.check is not None:
         spec.check(cfg)
     return cfg
 
 
-def to_nested(cfg: Config) -> dict[str, Any]:
-    """A :class:`Config` as a nested dict of scalars (what ``config.yaml`` in a run dir holds)."""
-    out = dataclasses.asdict(cfg)
-    strategy = {"name": cfg.strategy.name, **dataclasses.asdict(cfg.strategy.params)}
-    out["strategy"] = strategy
-    return out
+@functools.lru_cache(maxsize=8)
+def _parse_items(items: tuple) -> Config:
+    return parse(dict(items), strict=False)
 
 
-def to_run_config(cfg: Config) -> dict[str, Scalar]:
-    """A :class:`Config` as Flower's flat run_config."""
-    return flatten(to_nested(cfg))
+def parse_cached(run_config: Mapping[str, Scalar]) -> Config:
+    """:func:`parse` (non-strict) once per distinct run_config in this process (the ClientApp's per-message path)."""
+    return _parse_items(tuple(sorted(run_config.items())))
 
+
+def check_paths(cfg: Config) -> None:
+    """Checks of the server's file system, before anything starts (not on clients: their disks differ).
+
+    ``resume`` is ``true``, ``false`` or an existing run directory; ``out_dir`` is not a regular file.
+    """
+    if cfg.resume.lower() not in ("true", "false"):
+        check(Path(cfg.resume).is_dir(), "resume", cfg.resume, "true, false or the path of an existing run directory")
+    check(not (cfg.out_dir and Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir()), "out_dir",
+          cfg.out_dir, "a directory (this path is an existing file)")

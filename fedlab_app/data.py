@@ -20,13 +20,13 @@ import os
 import pickle
 import uuid
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
-SOURCES = ("auto", "local", "hub")
+from fedlab_base.schema import DATASETS, SOURCES
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 # Places searched after data_dir and $FEDLAB_DATA_DIR (tests may patch this).
 DEFAULT_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"],
@@ -88,11 +88,20 @@ def read_idx(path) -> np.ndarray:
     -------
     np.ndarray
         Array with the stored shape, in native byte order.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``: a truncated or corrupt gzip stream, a bad header, or a size mismatch.
     """
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:  # truncated download, damaged copy
+            raise ValueError(f"{path}: truncated or corrupt gzip file ({exc}); "
+                             f"download it again or remove it") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()})")
     ndim, dtype = raw[3], np.dtype(_IDX_DTYPES[raw[2]])

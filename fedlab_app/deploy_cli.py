@@ -8,7 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from fedlab_app import deploy
+from fedlab_app import config, deploy, report
+from fedlab_app.compose import compose
+from fedlab_app.server_app import resolve_run_dir
+from fedlab_app.simulate import APP_DIR, PreflightError, preflight
 
 HELP = """fedlab deploy: run the app on a real SuperLink and SuperNodes
 
@@ -21,23 +24,6 @@ HELP = """fedlab deploy: run the app on a real SuperLink and SuperNodes
   fedlab deploy key --out PATH                  a SuperNode key pair (PATH, PATH.pub) to register
   fedlab deploy connect --dir D --superlink HOST:PORT [--ca ca.crt]   point `run` at an existing SuperLink
 """
-
-
-def compose(overrides: list[str]):
-    """Compose and validate the config as ``fedlab run`` does (Hydra defaults + overrides)."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from fedlab_app import config
-    from fedlab_app.cli import CONF_DIR, register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        nested = OmegaConf.to_container(hcompose(config_name="config", overrides=overrides), resolve=True)
-    nested.pop("hydra", None)
-    nested = {k: v for k, v in nested.items() if not k.startswith("_")}
-    return config.parse(config.flatten(nested))
 
 
 def main(argv: list[str]) -> int:
@@ -112,10 +98,6 @@ def main(argv: list[str]) -> int:
 
 
 def _run(d: Path, overrides: list[str]) -> int:
-    from fedlab_app import config, report
-    from fedlab_app.server_app import resolve_run_dir
-    from fedlab_app.simulate import APP_DIR, PreflightError, preflight
-
     state = deploy.load_state(d)
     if "address" not in state:
         print(f"fedlab deploy run: {d} has no federation; `fedlab deploy up` or `fedlab deploy connect` first",

@@ -1,16 +1,25 @@
-"""What a training process (a client, or the centralized baseline) builds from the config."""
+"""What a training process (a client, or the centralized baseline) builds from the config.
+
+:class:`Node` is what every mode's ``client_fit`` (``strategies/*``) gets: this process's shard, a
+model, the node's persistent state, and the one local-fit call (:meth:`Node.fit`) that every mode
+trains through.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from flwr.app import Message, MetricRecord, RecordDict
 
-from clients.train import Normalizer
-from fedlab_app.config import Config
+from clients.augment import Augmenter
+from clients.optim import make_optimizer
+from clients.train import Normalizer, TrainResult, round_first_epoch, train
 from fedlab_app.data import ImageData
 from fedlab_app.models import build_model, use_channels_last
 from fedlab_app.splits import client_shard, make_splits
+from fedlab_base.schema import Config
 
 
 @dataclass(frozen=True)
@@ -27,12 +36,7 @@ def local_data(cfg: Config, partition_id: int, num_clients: int) -> LocalData:
     x, y = client_shard(cfg.dataset, cfg.partition, num_clients, cfg.seed, partition_id)
     data = make_splits(cfg.dataset, cfg.partition, num_clients, cfg.seed).data
     norm = Normalizer.from_stats(data.mean, data.std, use_channels_last(cfg.model))
-    augment = None
-    if cfg.dataset.augment:
-        from clients.augment import Augmenter
-
-        augment = Augmenter(pad=4, flip=True)
-    return LocalData(x, y, data, norm, augment)
+    return LocalData(x, y, data, norm, Augmenter(pad=4, flip=True) if cfg.dataset.augment else None)
 
 
 def fresh_model(cfg: Config, local: LocalData, seed: int | None = None) -> torch.nn.Module:
@@ -40,11 +44,43 @@ def fresh_model(cfg: Config, local: LocalData, seed: int | None = None) -> torch
     return build_model(cfg.model, tuple(local.x.shape[1:]), local.data.num_classes, seed=seed)
 
 
-def train_reply(msg, arrays, local: LocalData, res, pid: int, **extra):
-    """The reply to a training message: ``arrays`` (an ArrayRecord) and the training metrics every loop reads."""
-    from flwr.app import Message, MetricRecord, RecordDict
+class Node:
+    """One node's view of a run: config, partition id, shard, a model, and state that survives rounds.
 
-    metrics = MetricRecord({"num-examples": len(local.y), "examples-processed": res.num_examples, "steps": res.steps,
-                            "train-loss": res.loss, "train-acc": res.acc, "compute-s": res.seconds,
-                            "partition-id": pid, "diverged": int(res.diverged), **extra})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    ``state`` is the node's Flower ``context.state`` (a RecordDict; a plain dict in the server
+    process for the centralized baseline).
+    """
+
+    def __init__(self, cfg: Config, pid: int, num: int, state: Any) -> None:
+        self.cfg, self.pid, self.state = cfg, pid, state
+        self.local = local_data(cfg, pid, num)
+        self.model = fresh_model(cfg, self.local)
+
+    def optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """A fresh optimizer of the configured kind over this node's model."""
+        return make_optimizer(self.model, self.cfg.optimizer, lr)
+
+    def fit(self, opt: torch.optim.Optimizer, conf: Any = None, *, first_epoch: int | None = None,
+            epochs: int | None = None, steps: int | None = None, lr: float | None = None,
+            lr_fn: Any = None) -> TrainResult:
+        """Train the model on this node's shard: the one local-fit call every mode uses.
+
+        With a message's ``conf``, epochs and steps come from it (``local-epochs``, this node's entry
+        of ``local-steps``) and the data order starts where round ``server-round`` starts
+        (:func:`clients.train.round_first_epoch`), unless ``first_epoch`` is given.
+        """
+        if conf is not None:
+            epochs, steps = int(conf["local-epochs"]), int(conf["local-steps"][self.pid])
+            if first_epoch is None:
+                first_epoch = round_first_epoch(int(conf["server-round"]), epochs, steps)
+        return train(self.model, self.local.x, self.local.y, self.local.norm, opt, batch_size=self.cfg.client.batch_size,
+                     seed=self.cfg.seed, stream=self.pid, first_epoch=first_epoch, epochs=epochs, steps=steps, lr=lr,
+                     lr_fn=lr_fn, augment=self.local.augment)
+
+    def reply(self, msg: Message, arrays: Any, res: TrainResult, **extra: Any) -> Message:
+        """The reply to a training message: ``arrays`` (an ArrayRecord) and the metrics the driver reads."""
+        metrics = MetricRecord({"num-examples": len(self.local.y), "examples-processed": res.num_examples,
+                                "steps": res.steps, "train-loss": res.loss, "train-acc": res.acc,
+                                "compute-s": res.seconds, "partition-id": self.pid, "diverged": int(res.diverged),
+                                **extra})
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

@@ -34,7 +34,7 @@ import warnings
 
 import numpy as np
 
-PARTITIONERS = ("iid", "dirichlet", "pathological", "label_split", "shard", "full")
+from fedlab_base.schema import PARTITIONS as PARTITIONERS
 _FAST_READ = True  # read the partitioners' computed assignment instead of 100 x load_partition
 
 

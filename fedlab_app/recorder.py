@@ -24,6 +24,9 @@ from fedlab_app.results import RunDir
 from fedlab_app.splits import make_splits
 
 log = logging.getLogger("fedlab")
+COMMON_COLUMNS = ("round", "wall_time_s", "sim_time_s", "lr", "clients", "local_steps", "failures", "train_loss",
+                  "train_acc", "test_loss", "test_acc", "val_loss", "val_acc", "weight_norm", "messages", "bytes",
+                  "messages_down", "messages_up", "bytes_down", "bytes_up", "messages_p2p", "bytes_p2p")
 DIVERGE_FACTOR = 100.0  # a loss above DIVERGE_FACTOR * ln(num_classes) (chance level) has exploded
 
 
@@ -53,6 +56,12 @@ class LoopState:
                    d.get("failure_events", []))
 
 
+def weight_norm(arrays: dict[str, np.ndarray]) -> float:
+    """The Euclidean norm of all floating-point entries of a model (float64 sum of squares)."""
+    return math.sqrt(sum(float(np.square(v, dtype=np.float64).sum()) for v in arrays.values()
+                         if np.issubdtype(np.asarray(v).dtype, np.floating)))
+
+
 class CentralEvaluator:
     """Evaluates the global model on the test set (and the validation split, if any) in the server process."""
 
@@ -63,6 +72,17 @@ class CentralEvaluator:
         self.norm = Normalizer.from_stats(s.data.mean, s.data.std, use_channels_last(cfg.model))
         self.test = (torch.from_numpy(s.data.x_test.copy()), torch.from_numpy(s.data.y_test.astype(np.int64)))
         self.val = (torch.from_numpy(s.data.x_train[s.val_idx]), torch.from_numpy(s.data.y_train[s.val_idx].astype(np.int64)))
+
+    def subset_accuracies(self, models: list[dict[str, np.ndarray]], samples: int, seed: int) -> list[float]:
+        """Test accuracy of each model on ``samples`` test images: a seeded random subset, the same every
+        round (test sets may be sorted by class)."""
+        idx = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(self.test[1]))[:samples]))
+        x, y = self.test[0][idx], self.test[1][idx]
+        accs = []
+        for arrays in models:
+            self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+            accs.append(evaluate(self.model, x, y, self.norm, self.batch)[1])
+        return accs
 
     def per_class(self, arrays: dict[str, np.ndarray]) -> dict[str, list[float]]:
         """Per-class precision/recall/F1/support of ``arrays`` on the test set (the studies' classification report)."""
@@ -84,8 +104,10 @@ class CentralEvaluator:
 class Recorder:
     """Records one run (``unit`` = "round" or "epoch") into ``run_dir``."""
 
-    def __init__(self, cfg: Config, run_dir: RunDir, total: int, unit: str = "round") -> None:
+    def __init__(self, cfg: Config, run_dir: RunDir, total: int, unit: str = "round",
+                 columns: tuple[str, ...] = ()) -> None:
         self.cfg, self.run_dir, self.total, self.unit = cfg, run_dir, total, unit
+        self.columns = [*COMMON_COLUMNS, *columns]  # metrics.csv's header: the common columns, then the mode's
         self.state = LoopState()
         self.last_eval: dict[str, float] = {}
         self.status = "finished"
@@ -138,7 +160,7 @@ class Recorder:
                 **self.last_eval, "messages": led.total_messages, "bytes": led.total_bytes,
                 "messages_down": led.messages["down"], "messages_up": led.messages["up"],
                 "bytes_down": led.bytes["down"], "bytes_up": led.bytes["up"], "messages_p2p": led.messages["p2p"],
-                "bytes_p2p": led.bytes["p2p"]})
+                "bytes_p2p": led.bytes["p2p"], "weight_norm": weight_norm(arrays)}, columns=self.columns)
             log.info("[%s %d/%d] test_acc=%.4f test_loss=%.4f train_loss=%.4f lr=%.4g | %d msgs %.2f MB | %.1fs",
                      self.unit, rnd, self.total, self.last_eval.get("test_acc", math.nan),
                      self.last_eval.get("test_loss", math.nan), train_loss, lr, led.total_messages,

@@ -10,8 +10,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-import strategies
-from fedlab_app import config
+from fedlab_app import config, driver
 from fedlab_app.results import RunDir, default_out_dir
 
 app = ServerApp()
@@ -41,7 +40,8 @@ def main(grid: Grid, context: Context) -> None:
     setup_logging()
     cfg = config.parse(context.run_config, strict=False)
     run_dir = resolve_run_dir(cfg)
-    record_failure(run_dir, lambda: strategies.run_on_grid(cfg, grid, run_dir))
+    with run_dir.lock():  # already held by this process under `fedlab run`; taken here under `flwr run`
+        record_failure(run_dir, lambda: driver.run(cfg, grid, run_dir))
 
 
 def record_failure(run_dir: RunDir, fn):

@@ -8,48 +8,95 @@ private Flower API, hence the ``flwr<1.42`` pin; ``tests/test_app_smoke.py`` gua
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
 import secrets
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from fedlab_app import config
-from fedlab_app.results import RunDir
+from fedlab_app.results import RunDir, RunDirBusy
 
 APP_DIR = Path(__file__).resolve().parents[1]  # holds pyproject.toml with [tool.flwr.app.config]
 
 
 class PreflightError(RuntimeError):
-    """The run cannot start: its data set is missing or cannot be split as configured."""
+    """The run cannot start: its data set is missing or cannot be split as configured, its resources
+    exceed the machine, or its run directory is unusable or in use by another run."""
 
 
-def preflight(cfg: config.Config) -> None:
-    """Load the data set and build the shards before anything starts (and warm the caches).
+INTERRUPTED_EXIT = 130
 
-    Catches what config validation alone cannot: a missing data set, more clients than samples, a
-    partition scheme that cannot give every client ``partition.min_size`` samples.
+
+def preflight(cfg: config.Config, simulation: bool = False) -> None:
+    """Check what config validation alone cannot, before anything starts (and warm the data caches).
+
+    A missing data set, more clients than samples, a partition scheme that cannot give every client
+    ``partition.min_size`` samples, and (``simulation``: on Flower's simulation engine)
+    ``sim.cpus_per_client`` above this machine's cores: Ray would never place a client and the run
+    would wait forever.
     """
     from fedlab_app.splits import make_splits
 
+    cores = os.cpu_count() or 1
+    if simulation and not cfg.sim.cpus_per_client <= cores:
+        raise PreflightError(f"sim.cpus_per_client={cfg.sim.cpus_per_client} is more than this machine's "
+                             f"{cores} cores (os.cpu_count()); allowed: a number in (0, {cores}]")
     try:
         make_splits(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
     except (FileNotFoundError, ValueError) as exc:
         raise PreflightError(str(exc)) from exc
 
 
+@contextlib.contextmanager
+def _locked(run_dir: RunDir) -> Iterator[None]:
+    """``run_dir.lock()``, its refusals raised as :class:`PreflightError`."""
+    try:
+        ctx = run_dir.lock()
+        ctx.__enter__()
+    except RunDirBusy as exc:
+        raise PreflightError(str(exc)) from None
+    except OSError as exc:
+        raise PreflightError(f"out_dir={str(run_dir.path)!r} cannot be used: {exc.strerror or exc}") from None
+    try:
+        yield
+    finally:
+        ctx.__exit__(None, None, None)
+
+
 def simulate(cfg: config.Config) -> dict:
     """Simulate ``cfg`` with ``cfg.num_clients`` virtual SuperNodes; returns the run's summary.json content.
 
-    Raises :class:`PreflightError` before starting anything if the data cannot be loaded or split.
-    ``out_dir`` is fixed here (a new dated folder when empty) so that the caller knows where the
-    results are; a failed run is reported through ``summary["status"] == "failed"``.
+    Raises :class:`PreflightError` before starting anything if the data cannot be loaded or split,
+    the resources exceed the machine, or another process holds the run directory's lock (held here
+    for the whole run). ``out_dir`` is fixed here (a new dated folder when empty) so that the caller
+    knows where the results are; a failed run is reported through ``summary["status"] == "failed"``,
+    a Ctrl-C through ``"interrupted"`` (the clients and the ServerApp stopped, resumable).
     """
-    preflight(cfg)
+    from fedlab_app import server_app
+    from fedlab_app import driver
     from strategies import REGISTRY
 
-    if (direct := REGISTRY[cfg.strategy.name].run) is not None:  # a mode without Flower
-        return _run_direct(cfg, direct)
+    run_dir = server_app.resolve_run_dir(cfg)
+    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.path))
+    spec = REGISTRY[cfg.strategy.name]
+    direct = driver.run if spec.mode is not None and not spec.mode.uses_nodes else None  # a mode without Flower
+    with _locked(run_dir), _first_sigint_raises():
+        try:
+            preflight(cfg, simulation=direct is None)
+            return _run_direct(cfg, run_dir, direct) if direct is not None else _run_flower(cfg, run_dir)
+        except KeyboardInterrupt:
+            return _write_interrupted(run_dir)
+
+
+def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
+    """Run ``cfg`` on Flower's simulation engine in this process; always returns with no thread left."""
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -63,8 +110,6 @@ def simulate(cfg: config.Config) -> dict:
 
     from fedlab_app import server_app
 
-    run_dir = server_app.resolve_run_dir(cfg)
-    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.path))
     run_config = config.to_run_config(cfg)
     run = Run.create_empty(run_id=secrets.randbits(63))
     run.override_config = run_config
@@ -82,30 +127,114 @@ def simulate(cfg: config.Config) -> dict:
     if not cfg.verbose:
         quiet.setLevel(logging.WARNING)
     server_app.setup_logging()
+    before, error = set(threading.enumerate()), None
     try:
         _run_simulation(num_supernodes=cfg.num_clients, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                         client_app_attr="fedlab_app.client_app:app", server_app_attr="fedlab_app.server_app:app",
                         backend_config=backend_config, server_app_context=context, app_dir=str(APP_DIR),
                         is_app=True, run=run, verbose_logging=cfg.verbose)
-    except Exception as exc:  # the ServerApp has already written summary.json with status=failed
+    except KeyboardInterrupt:  # Flower has stopped the clients (Ray); the ServerApp thread waits on
+        _stop_threads(before)  # replies that will never come
+        raise
+    except Exception as exc:  # the ServerApp may still wait for replies: stop it, then record the failure
         logging.getLogger("fedlab").error("simulation failed: %s", exc)
+        error = exc
     finally:
         quiet.setLevel(old_level)
-    try:
-        return RunDir(run_dir.path).read_summary()
-    except FileNotFoundError:
-        return {"status": "failed", "error": "the run wrote no summary.json", "out_dir": str(run_dir.path)}
+    stuck = _stop_threads(before)
+    summary = _read_summary(run_dir)
+    if stuck or (error is not None and summary.get("status") != "failed"):
+        why = f"{type(error).__name__}: {error}" if error else "the simulation engine stopped before the ServerApp"
+        summary = {**summary, "status": "failed", "error": why, "out_dir": str(run_dir.path)}
+        summary.pop("traceback", None)
+        run_dir.write_summary(summary)
+    return summary
 
 
-def _run_direct(cfg: config.Config, run_fn) -> dict:
+def _run_direct(cfg: config.Config, run_dir: RunDir, run_fn) -> dict:
     """Run a non-Flower mode in this process with the same results handling as the ServerApp."""
     from fedlab_app import server_app
 
     server_app.setup_logging()
-    run_dir = server_app.resolve_run_dir(cfg)
-    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.path))
     try:
-        return server_app.record_failure(run_dir, lambda: run_fn(cfg, run_dir))
+        return server_app.record_failure(run_dir, lambda: run_fn(cfg, None, run_dir))
+    except KeyboardInterrupt:
+        return _write_interrupted(run_dir)
     except Exception as exc:  # recorded in summary.json; a sweep goes on with its next run
         logging.getLogger("fedlab").error("run failed: %s", exc)
         return run_dir.read_summary()
+
+
+def _read_summary(run_dir: RunDir) -> dict:
+    try:
+        return run_dir.read_summary()
+    except FileNotFoundError:
+        return {"status": "failed", "error": "the run wrote no summary.json", "out_dir": str(run_dir.path)}
+
+
+# ---------------------------------------------------------------- Ctrl-C and leftover threads
+class RunInterrupted(Exception):
+    """Raised inside a ServerApp thread that must stop (Ctrl-C, or its clients are gone)."""
+
+
+@contextlib.contextmanager
+def _first_sigint_raises() -> Iterator[None]:
+    """The first SIGINT raises KeyboardInterrupt (to stop cleanly); a second one exits at once with 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits = []
+
+    def handler(signum, frame):
+        if hits:
+            os.write(2, b"fedlab: interrupted again; exiting without cleaning up\n")
+            os._exit(INTERRUPTED_EXIT)
+        hits.append(signum)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _stop_threads(before: set[threading.Thread], grace_s: float = 3.0, timeout_s: float = 30.0) -> bool:
+    """Stop the threads started since ``before`` that outlive the simulation; True if there were any.
+
+    Flower's simulation engine runs the ServerApp in a non-daemon thread that polls for replies; when
+    the engine stops first (Ctrl-C, a Ray failure), nothing answers and the thread would keep the
+    process alive forever. Each such thread gets :class:`RunInterrupted` raised in it (the CPython
+    API for asynchronous exceptions; delivered at its next Python bytecode) and is joined.
+    """
+    deadline = time.monotonic() + grace_s  # Flower's own workers end within ~1 s of its stop event
+    left = [t for t in threading.enumerate() if t not in before and not t.daemon]
+    for t in left:
+        t.join(max(0.0, deadline - time.monotonic()))
+    left = [t for t in left if t.is_alive()]
+    for t in left:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(RunInterrupted))
+    for t in left:
+        t.join(timeout_s)
+        if t.is_alive():
+            logging.getLogger("fedlab").error("thread %s did not stop", t.name)
+    return bool(left)
+
+
+def _write_interrupted(run_dir: RunDir) -> dict:
+    """Write summary.json with ``status: interrupted`` and the last round saved (a checkpoint)."""
+    try:
+        ckpt = run_dir.last_checkpoint()
+        rnd = RunDir.load_checkpoint(ckpt)[0] if ckpt is not None else 0
+    except ValueError:  # every checkpoint damaged: a resume will say so
+        rnd = 0
+    try:
+        last = [r for r in run_dir.read_metrics() if r["round"] <= rnd][-1:]
+    except ValueError:
+        last = []
+    final = {k: v for k, v in (last[0] if last else {}).items() if k.startswith(("test_", "val_"))}
+    summary = {"status": "interrupted", "rounds": rnd, "final": {"round": rnd, **final},
+               "out_dir": str(run_dir.path),
+               "resume": f"fedlab run out_dir={run_dir.path} resume=true"}
+    run_dir.write_summary(summary)
+    return summary

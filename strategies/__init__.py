@@ -1,9 +1,14 @@
-"""Server strategies: the maths as pure functions, with thin Flower strategy classes around them.
+"""Server strategies: the maths as pure functions, with thin Flower strategy classes and modes around them.
 
 ``REGISTRY`` maps ``strategy.name`` to a :class:`Spec`: the strategy's ``Params`` dataclass
-(validated by ``fedlab_app.config``) and either ``build(cfg)`` (a Flower strategy for the round
-loop) or ``run(cfg, run_dir)`` (a mode that runs without Flower, such as the centralized baseline). Adding a strategy means adding
-its module, its ``conf/strategy/*.yaml``, one entry here, and its tests.
+(validated by ``fedlab_app/config.py``) and its mode (``strategies/modes.py``): the synchronous
+mode around a Flower strategy that ``build(cfg)`` makes (the FedAvg family), or a mode class of its
+own (gossip, async, centralized). The round driver (``fedlab_app/driver.py``) runs any of them; the
+ClientApp dispatches a message on its ``mode`` value to the mode's ``client_fit``.
+
+Adding a strategy means adding its module, its ``conf/strategy/*.yaml``, one entry here, and its
+tests; one that owns its loop brings its mode class (and, when its nodes do something new, its
+``client_fit``) in its module.
 """
 
 from __future__ import annotations
@@ -12,31 +17,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from strategies import async_sgd, centralized, fedavg, fednova, fedopt, gossip, localsgd, slowmo, step_weighted
+from strategies import async_mode, async_sgd, centralized, fedavg, fednova, fedopt, gossip, gossip_mode, localsgd
+from strategies import slowmo, step_weighted, sync
 
 
 @dataclass(frozen=True)
 class Spec:
     Params: type
-    build: Callable[[Any], Any] | None = None
-    run: Callable[[Any, Any], dict] | None = None
+    build: Callable[[Any], Any] | None = None  # a Flower strategy for the synchronous mode
+    mode: Callable[[], Any] | None = None  # a mode of its own (a class; default: the synchronous mode)
+    client_fit: Callable[[Any, Any], Any] | None = None  # what its nodes do with a train message
     schedule: str = "constant"  # what schedule.name=auto (the default) resolves to for this strategy
     needs_steps: bool = False  # clients run J steps (client.local_steps >= 1 or system.budget > 0), not epochs
-    loop: Callable[[Any, Any, Any], dict] | None = None  # its own round loop over the Flower grid (gossip)
     check: Callable[[Any], None] | None = None  # more checks of the whole config before anything starts
     resolve: Callable[[Any], Any] | None = None  # Params -> Params with "auto" values resolved (recorded as run)
-
-
-def _gossip_loop(cfg, grid, run_dir) -> dict:
-    from fedlab_app.gossip_loop import run  # the loop needs the app's results machinery
-
-    return run(cfg, grid, run_dir)
-
-
-def _async_loop(cfg, grid, run_dir) -> dict:
-    from fedlab_app.async_loop import run
-
-    return run(cfg, grid, run_dir)
+    prepare: Callable[[Any], Any] | None = None  # Config -> the Config the run records (e.g. one client)
+    total: Callable[[Any], int] | None = None  # the run's number of rounds (default cfg.rounds)
 
 
 def _gossip_check(method: str) -> Callable[[Any], None]:
@@ -49,35 +45,32 @@ def _gossip_resolve(method: str) -> Callable[[Any], Any]:
 
 REGISTRY: dict[str, Spec] = {
     "fedavg": Spec(fedavg.Params, build=fedavg.build),
-    "centralized": Spec(centralized.Params, run=centralized.run, schedule="cosine"),
+    "centralized": Spec(centralized.Params, mode=centralized.CentralizedMode, schedule="cosine",
+                        prepare=centralized.prepare, total=centralized.total),
     "localsgd": Spec(localsgd.Params, build=localsgd.build, needs_steps=True),
     "slowmo": Spec(slowmo.Params, build=slowmo.build, needs_steps=True),
-    "step_weighted": Spec(step_weighted.Params, build=step_weighted.build, needs_steps=True),
-    "fednova": Spec(fednova.Params, build=fednova.build, needs_steps=True),
+    "step_weighted": Spec(step_weighted.Params, build=localsgd.build, needs_steps=True),
+    "fednova": Spec(fednova.Params, build=localsgd.build, needs_steps=True),
     "fedavgm": Spec(fedopt.AvgMParams, build=fedopt.build_avgm),
     "fedadam": Spec(fedopt.OptParams, build=fedopt.build_adam),
     "fedyogi": Spec(fedopt.OptParams, build=fedopt.build_yogi),
-    "async_sgd": Spec(async_sgd.Params, loop=_async_loop,
+    "async_sgd": Spec(async_sgd.Params, mode=async_mode.AsyncMode, client_fit=async_mode.client_fit,
                       check=lambda cfg: async_sgd.check_setup(cfg.strategy.params, cfg.num_clients)),
-    **{m: Spec(gossip.Params, loop=_gossip_loop, check=_gossip_check(m),
-                 resolve=_gossip_resolve(m)) for m in gossip.METHODS},
+    **{m: Spec(gossip.Params, mode=gossip_mode.GossipMode, client_fit=gossip_mode.client_fit,
+               check=_gossip_check(m), resolve=_gossip_resolve(m)) for m in gossip.METHODS},
 }
 
 
-def build(cfg) -> Any:
-    """Build the configured strategy from a validated config."""
+def make_mode(cfg: Any) -> Any:
+    """The mode that runs ``cfg``: the strategy's own, or the synchronous mode around its Flower strategy."""
     spec = REGISTRY[cfg.strategy.name]
-    if spec.build is None:
-        raise ValueError(f"strategy.name={cfg.strategy.name!r} runs without Flower: start it with "
-                         f"`fedlab run strategy={cfg.strategy.name}`, not through a ServerApp")
-    return spec.build(cfg)
+    return spec.mode() if spec.mode is not None else sync.SyncMode(spec.build(cfg))
 
 
-def run_on_grid(cfg, grid, run_dir) -> dict:
-    """Run the configured strategy over a Flower grid: its own loop (gossip) or the synchronous round loop."""
-    spec = REGISTRY[cfg.strategy.name]
-    if spec.loop is not None:
-        return spec.loop(cfg, grid, run_dir)
-    from fedlab_app import server_loop
-
-    return server_loop.run(cfg, grid, build(cfg), run_dir)
+def client_fits() -> dict[str, Callable[[Any, Any], Any]]:
+    """``{mode value: client_fit}`` for every registered strategy (what a node can be asked to do)."""
+    fits = {sync.SyncMode.name: sync.client_fit}
+    for spec in REGISTRY.values():
+        if spec.mode is not None and spec.client_fit is not None:
+            fits[spec.mode.name] = spec.client_fit
+    return fits

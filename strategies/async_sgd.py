@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedlab_app.config import check, check_choice
+from fedlab_base.checks import check, check_choice
 
 DELAYS = ("none", "constant", "one", "gaussian")
 CLOCKS = ("virtual", "real")

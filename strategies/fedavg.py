@@ -23,7 +23,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedlab_app.config import check
+from fedlab_base.checks import check
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class SeededSampling:
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        nodes = sample_clients(grid.get_node_ids(), self.fraction_train, self.min_train_nodes, self.seed, server_round)
+        nodes = self._sample(grid, self.fraction_train, self.min_train_nodes, self.seed, server_round)
         config["server-round"] = server_round
         return self._construct_messages(self._record(arrays, config), nodes, "train")
 
@@ -96,9 +96,17 @@ class SeededSampling:
                            grid: Grid) -> Iterable[Message]:
         if self.fraction_evaluate == 0.0:
             return []
-        nodes = sample_clients(grid.get_node_ids(), self.fraction_evaluate, 1, self.seed + 1, server_round)
+        nodes = self._sample(grid, self.fraction_evaluate, 1, self.seed + 1, server_round)
         config["server-round"] = server_round
         return self._construct_messages(self._record(arrays, config), nodes, "evaluate")
+
+    def _sample(self, grid: Grid, fraction: float, minimum: int, seed: int, server_round: int) -> list[int]:
+        """Seeded sample of node ids: over partition ids when the driver has told them (``partition_nodes``,
+        ``{partition id: node id}``), so that the sample does not depend on the random node ids of a run."""
+        by_pid = getattr(self, "partition_nodes", None)
+        if not by_pid:
+            return sample_clients(grid.get_node_ids(), fraction, minimum, seed, server_round)
+        return [by_pid[p] for p in sample_clients(by_pid, fraction, minimum, seed, server_round)]
 
     def _record(self, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config, **self.extra_content(config)})

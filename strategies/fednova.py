@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedlab_app.config import check
-from strategies import localsgd
+from fedlab_base.checks import check
+from strategies.params import MomentumParams
 
 
 def fednova_a(steps: int, momentum: float = 0.0, nesterov: bool = False) -> float:
@@ -62,7 +62,7 @@ def fednova_aggregate(x_prev: dict[str, np.ndarray], models: Sequence[dict[str, 
 
 
 @dataclass(frozen=True)
-class Params(localsgd.MomentumParams):
+class Params(MomentumParams):
     @property
     def aggregation(self) -> str:
         return "fednova"
@@ -72,5 +72,3 @@ class Params(localsgd.MomentumParams):
         check(self.momentum_mode == "reset", f"{p}.momentum_mode", self.momentum_mode,
               "reset with strategy=fednova (its a_i assume momentum buffers that start at zero)")
 
-
-build = localsgd.build

@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvgM, FedYogi
 
-from fedlab_app.config import check
+from fedlab_base.checks import check
 from strategies.fedavg import Params as FedAvgParams
 from strategies.fedavg import SeededSampling, to_record
 

@@ -21,6 +21,12 @@ Column-stochastic A conserves sum_i w_i and sum_i y_i (tested); the consensus mo
 evaluated is x_bar = sum_i y_i / sum_i w_i. ``noise_std`` sigma adds N(0, sigma_t^2) to every
 transmitted model (sigma_t = sigma * noise_decay^(t-1)); sigma = 0 adds nothing (tested equal).
 
+The nodes' local step: ``local_update`` (SGP steps the numerator, the others the de-biased model).
+``momentum_mode`` (reset | keep): reset (the default, as in FedAvg and LocalSGD, so that methods
+compare like for like and the committed results stay comparable) builds a fresh optimizer on every
+node each round; keep carries each node's momentum buffers across rounds in its ``context.state``,
+as reference SGP does.
+
 Config keys (``strategy.*``): ``matrix`` (``auto``: the method's default, or one of ``mixing.MATRICES``), ``p`` (GoSGD push probability,
 random-graph edge probability), ``density`` (random stochastic matrices), ``edges`` (an edge list
 "0-1,1-2"), ``custom`` (a matrix "a,b;c,d"; rows are receivers), ``noise_std``, ``noise_decay``, ``node_eval_samples``
@@ -29,18 +35,21 @@ random-graph edge probability), ``density`` (random stochastic matrices), ``edge
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedlab_app.config import check, check_choice
+from fedlab_base.checks import ConfigError, check, check_choice
+from strategies import mixing
+from strategies.params import MomentumParams
 
 METHODS = ("dpsgd", "sgp", "gosgd")
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(MomentumParams):
     matrix: str = "auto"  # auto: ring (dpsgd), directed_exponential (sgp), gosgd (gosgd)
     p: float = 0.5
     density: float = 1.0
@@ -51,8 +60,7 @@ class Params:
     node_eval_samples: int = 1000
 
     def validate(self, p: str) -> None:
-        from strategies import mixing
-
+        check_choice(f"{p}.momentum_mode", self.momentum_mode, ("reset", "keep"))
         check_choice(f"{p}.matrix", self.matrix, ("auto", *mixing.MATRICES))
         check(0.0 < self.p <= 1.0, f"{p}.p", self.p, "0 < p <= 1")
         check(0.0 < self.density <= 1.0, f"{p}.density", self.density, "0 < density <= 1")
@@ -114,6 +122,23 @@ def link_noise(y: dict[str, np.ndarray], sigma: float, seed: int, t: int, src: i
             for k, v in y.items()}
 
 
+def local_update(method: str, y: dict[str, np.ndarray], w: float, z: dict[str, np.ndarray],
+                 z_new: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A node's numerator after its local steps took its de-biased model from ``z = y/w`` to ``z_new``.
+
+    SGP (Assran et al. 2019, Algorithm 1) steps the numerator itself: ``y <- y + (z_new - z)``, i.e.
+    ``y <- y - lr*grad f_i(z)`` for one SGD step, so that every node's objective counts equally
+    and the consensus minimises the average objective whatever the (column-stochastic) matrix.
+    D-PSGD (w = 1) and GoSGD (whose pushes move the pair (alpha_i, x_i) with x_i = z_i) keep the
+    de-biased model and rescale it: ``y <- w * z_new``. With w = 1 both rules agree. Buffers that
+    are not floating point (BatchNorm's step counter) take ``z_new``'s value.
+    """
+    if method == "sgp":
+        return {k: (y[k] + (v - z[k])).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
+                for k, v in z_new.items()}
+    return {k: (v * w).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in z_new.items()}
+
+
 def debias(y: dict[str, np.ndarray], w: float) -> dict[str, np.ndarray]:
     """The model a node trains and is evaluated on: ``z = y / w`` (float entries only)."""
     return {k: (v / w).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in y.items()}
@@ -160,8 +185,6 @@ def initial_state(method: str, m: int, x0: dict[str, np.ndarray]) -> tuple[list[
 
 def matrix_at(params: Params, m: int, t: int, seed: int) -> np.ndarray:
     """The mixing matrix of round ``t``: drawn afresh each round when time-varying, else the round-0 one."""
-    from strategies import mixing
-
     t = t if params.matrix in mixing.TIME_VARYING else 0
     rng = np.random.default_rng(np.random.SeedSequence([seed, t, 0x313]))
     return mixing.build_matrix(params.matrix, m, t, rng, p=params.p, density=params.density, edges=params.edges,
@@ -170,16 +193,11 @@ def matrix_at(params: Params, m: int, t: int, seed: int) -> np.ndarray:
 
 def resolved(method: str, params: Params) -> Params:
     """``params`` with ``matrix=auto`` replaced by the method's default matrix."""
-    import dataclasses
-
     return dataclasses.replace(params, matrix=DEFAULT_MATRIX[method]) if params.matrix == "auto" else params
 
 
 def check_setup(method: str, params: Params, m: int, seed: int) -> None:
     """Refuse, before training, a matrix the method cannot use with ``m`` nodes (raises ConfigError)."""
-    from fedlab_app.config import ConfigError
-    from strategies import mixing
-
     name = params.matrix
     if method == "gosgd":
         check(name == "gosgd", "strategy.matrix", name, "gosgd (GoSGD mixes by its random pushes)")

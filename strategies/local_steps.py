@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-RULES = ("fixed", "linear", "exp", "lr", "adacomm", "post_local")
+from fedlab_base.schema import STEP_RULES as RULES
 
 
 def steps_at(rule: str, t: int, rounds: int, j0: int, *, final: int = 0, lr: float = 1.0, lr0: float = 1.0,

@@ -33,22 +33,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedlab_app.config import check, check_choice
+from fedlab_base.checks import check, check_choice
 from strategies.fedavg import Params as FedAvgParams
+from strategies.fednova import fednova_a, fednova_aggregate
+from strategies.params import MomentumParams
+from strategies.step_weighted import step_weights
 from strategies.fedavg import SeededSampling, sorted_contents, to_numpy, to_record, weighted_average
 
 AGGREGATIONS = ("mean", "steps", "fednova")
-MOMENTUM_MODES = ("reset", "keep", "average")
 OPTIMIZER_KEY = "optimizer"  # the ArrayRecord with the averaged optimizer state sent to clients (average)
 OPTIMIZER_PREFIX = "optimizer/"  # clients return their optimizer state in the reply's arrays, keys prefixed
-
-
-@dataclass(frozen=True)
-class MomentumParams:
-    momentum_mode: str = "reset"
-
-    def validate(self, p: str) -> None:
-        check_choice(f"{p}.momentum_mode", self.momentum_mode, MOMENTUM_MODES)
 
 
 @dataclass(frozen=True)
@@ -101,9 +95,6 @@ class LocalSGDStrategy(SeededSampling, FedAvg):
 
     def aggregate(self, models: list[dict[str, np.ndarray]], contents) -> dict[str, np.ndarray]:
         """The replies' models combined by ``params.aggregation`` (pure functions of the other modules)."""
-        from strategies.fednova import fednova_a, fednova_aggregate  # they import this module
-        from strategies.step_weighted import step_weights
-
         steps = [int(c["metrics"]["steps"]) for c in contents]
         agg = self.params.aggregation
         if agg == "fednova":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedlab_app.config import check
+from fedlab_base.checks import check
 from strategies import localsgd
 from strategies.localsgd import LocalSGDStrategy
 from strategies.localsgd import Params as LocalParams

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from strategies import localsgd
+from strategies.params import MomentumParams
 
 
 def step_weights(steps: Sequence[float]) -> list[float]:
@@ -22,10 +22,8 @@ def step_weights(steps: Sequence[float]) -> list[float]:
 
 
 @dataclass(frozen=True)
-class Params(localsgd.MomentumParams):
+class Params(MomentumParams):
     @property
     def aggregation(self) -> str:
         return "steps"
 
-
-build = localsgd.build

@@ -22,18 +22,9 @@ def _isolated_env(tmp_path_factory, monkeypatch):
 
 def compose(*overrides: str) -> dict:
     """The Hydra config for ``overrides`` as a nested dict (as ``fedlab run`` composes it)."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+    from fedlab_app.compose import compose_nested
 
-    from fedlab_app.cli import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hcompose(config_name="config", overrides=list(overrides))
-    d = OmegaConf.to_container(cfg, resolve=True)
-    d.pop("hydra", None)
-    return d
+    return compose_nested(overrides)
 
 
 needs_fmnist = pytest.mark.skipif(not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists(),

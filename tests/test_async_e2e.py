@@ -14,7 +14,7 @@ from clients.train import batches
 from fedlab_app import config
 from fedlab_app.local import fresh_model, local_data
 from fedlab_app.results import RunDir
-from fedlab_app.server_loop import initial_arrays
+from fedlab_app.driver import initial_arrays
 from fedlab_app.simulate import simulate
 from strategies import async_sgd as A
 

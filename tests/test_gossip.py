@@ -121,3 +121,42 @@ def test_custom_row_stochastic_matrix_is_accepted_by_dpsgd():
 def test_strong_connectivity():
     assert gossip.strongly_connected(mixing.directed_exponential(8, 0))
     assert not gossip.strongly_connected(np.array([[1.0, 0.0], [0.5, 0.5]]))  # node 1 never sends to node 0
+
+
+def _push_sum_run(method: str, A: np.ndarray, b: np.ndarray, iters: int = 4000) -> float:
+    """Push-sum gossip with one exact gradient step per round on f_i(x) = (x - b_i)^2 / 2 (float64),
+    lr_t = 0.5 / (t + 1)^0.7; returns the consensus x_bar = sum y_i / sum w_i."""
+    m = len(b)
+    ys = [{"x": np.zeros(1)} for _ in range(m)]
+    ws = [1.0] * m
+    for t in range(iters):
+        lr = 0.5 / (t + 1) ** 0.7
+        for i in range(m):
+            z = gossip.debias(ys[i], ws[i])
+            z_new = {"x": z["x"] - lr * (z["x"] - b[i])}
+            ys[i] = gossip.local_update(method, ys[i], ws[i], z, z_new)
+        ys, ws = gossip.mix_all(A, ys, ws)
+    return float(gossip.consensus(ys, ws)["x"][0])
+
+
+def test_sgp_local_step_minimises_the_average_objective():
+    """With a column-stochastic, not doubly stochastic A, SGP's numerator step (y <- y - lr*grad f_i(z))
+    reaches the minimiser of the average objective, mean(b) = 3; the rescaled step y <- w*z' (the rule
+    before the fix, still GoSGD's) weights node i's objective by its Perron weight and ends elsewhere."""
+    A = np.array([[0.8, 0.5, 0.5], [0.1, 0.5, 0.0], [0.1, 0.0, 0.5]])  # columns sum to 1, rows do not
+    assert np.allclose(A.sum(axis=0), 1) and not np.allclose(A.sum(axis=1), 1)
+    b = np.array([0.0, 3.0, 6.0])
+    assert _push_sum_run("sgp", A, b) == pytest.approx(3.0, abs=0.02)
+    assert abs(_push_sum_run("gosgd", A, b) - 3.0) > 0.5
+
+
+def test_local_update_rules_agree_when_w_is_one():
+    """D-PSGD keeps w = 1: both rules give y = z_new (the fix changes nothing there)."""
+    rng = np.random.default_rng(0)
+    y = {"a": rng.normal(size=4).astype(np.float32), "n": np.array(3, dtype=np.int64)}
+    z = gossip.debias(y, 1.0)
+    z_new = {"a": (z["a"] - 0.1).astype(np.float32), "n": np.array(4, dtype=np.int64)}
+    for method in ("sgp", "dpsgd", "gosgd"):
+        out = gossip.local_update(method, y, 1.0, z, z_new)
+        np.testing.assert_array_equal(out["a"], z_new["a"])
+        assert out["n"] == 4

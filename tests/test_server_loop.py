@@ -11,7 +11,7 @@ from fedlab_app import config
 from fedlab_app.config import to_nested
 from fedlab_app.results import RunDir
 from fedlab_app.recorder import check_resume_config
-from fedlab_app.server_loop import wait_for_nodes
+from fedlab_app.driver import wait_for_nodes
 
 
 class FakeGrid:

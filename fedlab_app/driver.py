@@ -1,0 +1,183 @@
+"""The one round driver: every mode's run, from the first model to the summary.
+
+It owns the recorder (results files, resume, evaluation, checkpoints, divergence, the end of the
+run), the initial model, the round plan (lr from the schedule, steps per client from
+``fedlab_app/planner.py``), node discovery, message counting (one :class:`CountingGrid` for
+blocking, non-blocking and relayed traffic), the failure policy and the simulated time. A mode
+(``strategies/modes.py``) shapes each round: the synchronous FedAvg family, gossip, asynchronous
+SGD, or the centralized baseline (which uses no Flower node: ``grid`` is None).
+
+Failure policy, one rule per mode (``Mode.tolerates_failures``): a failed reply (a dead node, or a
+ClientApp that raised) is always logged and recorded in ``summary.json``'s ``failure_events``;
+a mode that tolerates failures goes on without the node (sync); the others stop the run at once
+with ``status: failed`` and an error naming the node and its reason (gossip, async).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+
+import strategies
+from clients.schedule import lr_at, scaled_lr
+from fedlab_app import plots
+from fedlab_app.comm import CountingGrid
+from fedlab_app.config import Config
+from fedlab_app.local import Node
+from fedlab_app.models import build_model
+from fedlab_app.partition import label_counts
+from fedlab_app.planner import RoundPlanner
+from fedlab_app.recorder import Recorder
+from fedlab_app.results import RunDir
+from fedlab_app.splits import make_splits
+from strategies.modes import RoundPlan, mean_over_examples
+
+log = logging.getLogger("fedlab")
+NODE_WAIT_S = 60.0  # how long the server waits for num_clients nodes to connect
+
+
+class NodeFailure(RuntimeError):
+    """A node failed in a mode that cannot go on without it."""
+
+
+def initial_arrays(cfg: Config) -> dict[str, np.ndarray]:
+    """The seeded initial global model as ``{name: array}``."""
+    s = make_splits(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
+    model = build_model(cfg.model, s.data.x_train.shape[1:], s.data.num_classes, seed=cfg.seed)
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def wait_for_nodes(grid, num_clients: int, timeout_s: float = NODE_WAIT_S) -> list[int]:
+    """Wait until ``num_clients`` nodes are connected (simulated nodes register after the ServerApp starts).
+
+    Raises a clear error if the federation is larger than ``num_clients`` or stays smaller for ``timeout_s``.
+    """
+    t0 = time.monotonic()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) > num_clients:
+            raise ValueError(f"the federation has {len(nodes)} nodes but num_clients={num_clients}; make them equal "
+                             f"(with `flwr run`: --federation-config \"num-supernodes={num_clients}\")")
+        if len(nodes) == num_clients:
+            return nodes
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"only {len(nodes)} of num_clients={num_clients} nodes connected within {timeout_s:.0f} s "
+                               f"(with `flwr run`: --federation-config \"num-supernodes={num_clients}\")")
+        time.sleep(0.2)
+
+
+def discover(grid, node_ids: list[int]) -> dict[int, int]:
+    """Ask every node for its partition id (a "query" message, no payload, not counted): ``{partition id: node id}``."""
+    msgs = [Message(RecordDict({"config": ConfigRecord({"ask": "partition-id"})}), dst_node_id=n,
+                    message_type="query") for n in node_ids]
+    out = {}
+    for rep in grid.send_and_receive(msgs):
+        if rep.has_error():
+            raise RuntimeError(f"node {rep.metadata.src_node_id} did not answer the partition query: {rep.error.reason}")
+        out[int(rep.content["metrics"]["partition-id"])] = rep.metadata.src_node_id
+    return out
+
+
+class RunContext:
+    """What the driver offers a mode: the config, the nodes, the plan's parts, evaluation, the failure policy."""
+
+    def __init__(self, cfg: Config, rec: Recorder, grid: CountingGrid | None, mode: Any, total: int) -> None:
+        self.cfg, self.rec, self.grid, self.mode, self.total = cfg, rec, grid, mode, total
+        self.run_dir, self.plots, self.log = rec.run_dir, plots, log
+        self.base_lr = scaled_lr(cfg.client.lr, cfg.client.batch_size, cfg.schedule)
+        self.planner = RoundPlanner(cfg, self.base_lr)
+        self.speeds = self.planner.speeds
+        self.node_of: dict[int, int] = {}  # partition id -> Flower node id
+
+    @property
+    def first_round(self) -> int:
+        """The first round this process runs (after a resume: the one after the checkpoint)."""
+        return self.rec.state.server_round + 1
+
+    @property
+    def sim_time_s(self) -> float:
+        return self.rec.state.sim_time_s
+
+    def lr(self, rnd: int) -> float:
+        """The learning rate of round ``rnd`` (1-based) from the schedule."""
+        return lr_at(rnd - 1, self.total, self.base_lr, self.cfg.schedule)
+
+    def eval_due(self, rnd: int) -> bool:
+        return self.rec.eval_due(rnd)
+
+    def evaluate_subset(self, models: list[dict], samples: int) -> list[float]:
+        """Test accuracy of each model on a seeded subset of ``samples`` test images."""
+        return self.rec.evaluator.subset_accuracies(models, samples, self.cfg.seed)
+
+    def local_node(self, pid: int, num: int) -> Node:
+        """A node in this process (the centralized baseline trains through it)."""
+        return Node(self.cfg, pid, num, {})
+
+    def message(self, pid: int, content: dict, message_type: str = "train") -> Message:
+        """A message to partition ``pid``'s node."""
+        return Message(RecordDict(content), dst_node_id=self.node_of[pid], message_type=message_type)
+
+    def keep_ok(self, rnd: int, replies: list[Message], grid: CountingGrid) -> list[Message]:
+        """The failure policy: record every failed reply; skip it (sync) or fail the run naming the node."""
+        ok = [r for r in replies if not r.has_error()]
+        bad = [r for r in replies if r.has_error()]
+        for r in bad:
+            node, reason = grid.name_of(r), (r.error.reason or f"error code {r.error.code}").strip()[-500:]
+            self.rec.state.failures += 1
+            self.rec.state.failure_events.append({"round": rnd, "node": str(node), "reason": reason})
+            if self.mode.tolerates_failures:
+                log.warning("round %d: node %s failed (the round goes on without it): %s", rnd, node, reason)
+            else:
+                raise NodeFailure(f"round {rnd}: node {node} failed and strategy={self.cfg.strategy.name} cannot go "
+                                  f"on without it: {reason[-300:]}")
+        return ok
+
+
+def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
+    """Run ``cfg``'s strategy over ``grid`` (None for a mode without nodes), writing into ``run_dir``."""
+    spec = strategies.REGISTRY[cfg.strategy.name]
+    if spec.prepare is not None:
+        cfg = spec.prepare(cfg)
+    mode = strategies.make_mode(cfg)
+    total = spec.total(cfg) if spec.total is not None else cfg.rounds
+    rec = Recorder(cfg, run_dir, total, getattr(mode, "unit", "round"), columns=mode.columns)
+    arrays, extra = rec.start()
+    arrays = arrays if arrays is not None else initial_arrays(cfg)
+    cgrid = CountingGrid(grid, rec.state.ledger) if mode.uses_nodes else None
+    ctx = RunContext(cfg, rec, cgrid, mode, total)
+    ctx.planner.load_state(extra.get("planner", {}))
+    if mode.uses_nodes:
+        s = make_splits(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
+        plots.plot_label_distribution(label_counts(s.data.y_train, list(s.parts), s.data.num_classes),
+                                      run_dir.plots_dir / "label_distribution.png",
+                                      f"{cfg.dataset.name}, partition={cfg.partition.name}: labels per client")
+        ctx.node_of = discover(grid, wait_for_nodes(grid, cfg.num_clients))
+        cgrid.node_names.update({n: p for p, n in ctx.node_of.items()})
+    mode.start(ctx, arrays, extra.get("mode", {}))
+    for rnd in range(rec.state.server_round + 1, total + 1):
+        lr = ctx.lr(rnd)
+        plan = RoundPlan(rnd, lr, cfg.client.local_epochs, ctx.planner.steps(rnd, lr))
+        if cgrid is not None:
+            cgrid.begin_round()
+        out = mode.round(plan, cgrid)
+        if out.clock_s is not None:
+            rec.state.sim_time_s = out.clock_s
+        elif out.duration_s is not None:
+            rec.state.sim_time_s += out.duration_s
+        else:
+            by_node = out.bytes_by_node if out.bytes_by_node is not None else cgrid.round_bytes
+            rec.state.sim_time_s += ctx.planner.round_time(out.metrics, by_node)
+        train_loss = mean_over_examples(out.metrics, "train-loss")
+        ctx.planner.observe(train_loss)
+        row = dict(out.row)
+        if mode.uses_nodes:
+            row["local_steps"] = sum(float(m["steps"]) for m in out.metrics) / max(len(out.metrics), 1)
+        if rec.end_of_round(rnd, out.arrays, lr, out.clients, train_loss, mean_over_examples(out.metrics, "train-acc"),
+                            extra={"planner": ctx.planner.state(), "mode": mode.state()}, row=row):
+            break
+    rec.extra_summary = mode.finish()
+    return rec.finish()

@@ -1,0 +1,81 @@
+"""Golden runs: short seeded runs of every mode, recorded before the round-driver refactor (issue 12).
+
+``python tests/golden/cases.py record`` writes ``tests/golden/<name>.json`` (final model hash, the
+metrics.csv rows without wall times, the summary's communication counts); ``tests/test_golden.py``
+re-runs each case and asserts equality. Simulated time comes from ``system.step_time_s`` so that it
+does not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BASE = ("dataset.limit_train=600", "num_clients=3", "rounds=2", "client.batch_size=32", "system.step_time_s=0.01",
+        "seed=1")
+CASES: dict[str, tuple[str, ...]] = {
+    "fedavg": ("strategy=fedavg",),
+    "fedadam": ("strategy=fedadam",),
+    "slowmo": ("strategy=slowmo", "client.local_steps=3", "strategy.beta=0.5", "strategy.momentum_mode=average",
+               "strategy.aggregation=steps"),
+    "localsgd_keep": ("strategy=localsgd", "client.local_steps=3", "strategy.momentum_mode=keep", "steps.rule=linear",
+                      "steps.final=5"),
+    "fednova": ("strategy=fednova", "system.profile=ratios", "system.ratios=1:2:4", "system.budget=2"),
+    "step_weighted": ("strategy=step_weighted", "system.profile=ratios", "system.ratios=1:2:4", "system.budget=2",
+                      "system.bandwidth_mbps=100", "system.latency_ms=5"),
+    "dpsgd": ("strategy=dpsgd", "client.local_steps=3", "strategy.matrix=ring", "strategy.node_eval_samples=200",
+              "strategy.noise_std=0.01"),
+    "gosgd": ("strategy=gosgd", "client.local_steps=3", "strategy.p=0.5", "strategy.node_eval_samples=200"),
+    "async_sgd": ("strategy=async_sgd", "client.local_steps=1", "strategy.delay=one", "strategy.delay_ms=90",
+                  "strategy.dc=adaptive", "strategy.dc_lambda=2"),
+    "async_sync": ("strategy=async_sgd", "client.local_steps=2", "strategy.sync=true", "strategy.momentum=0.5"),
+    "centralized": ("strategy=centralized", "strategy.epochs=2"),
+}
+
+
+def model_hash(arrays: dict) -> str:
+    """sha256 over the arrays in key order (names, dtypes, shapes and bytes)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def run_case(name: str, out_dir: Path) -> dict:
+    """Run one golden case; return what is compared."""
+    sys.path.insert(0, str(HERE.parent))
+    from conftest import compose
+
+    from fedlab_app import config
+    from fedlab_app.results import RunDir
+    from fedlab_app.simulate import simulate
+
+    summary = simulate(config.parse(config.flatten(compose(*BASE, *CASES[name], f"out_dir={out_dir}"))))
+    rd = RunDir(out_dir)
+    arrays = RunDir.load_checkpoint(rd.last_checkpoint())[1]
+    with open(rd.metrics_path, newline="") as f:
+        rows = [{k: v for k, v in r.items() if k != "wall_time_s" and v != ""} for r in csv.DictReader(f)]
+    comm = {k: v for k, v in summary["comm"].items()}
+    return {"status": summary["status"], "model": model_hash(arrays), "rows": rows, "comm": comm,
+            "sim_time_s": round(summary["sim_time_s"], 9), "final": summary["final"]}
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["record"]:
+    import os
+
+    for k, v in {"FEDLAB_CACHE_DIR": "/tmp/fedlab-golden-cache", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                 "FLWR_HOME": tempfile.mkdtemp()}.items():
+        os.environ.setdefault(k, v)
+    for name in sys.argv[2:] or CASES:
+        out = run_case(name, Path(tempfile.mkdtemp()) / name)
+        (HERE / f"{name}.json").write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+        print(name, out["status"], out["model"][:12], flush=True)
