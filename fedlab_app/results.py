@@ -5,18 +5,27 @@ Contract (users, plots, comparisons and tests rely on it):
 - ``metrics.csv``: one row per evaluated round; communication columns are cumulative.
 - ``summary.json``: ``status`` (finished|diverged|failed|stopped), ``final.test_acc``,
   ``final.test_loss``, ``rounds``, ``comm.messages``, ``comm.bytes``, ``wall_time_s``, ...
-- ``checkpoints/round_NNNN.pt``: global model + the server state needed to resume.
-Every write is atomic (temporary file + rename) and metrics rows are flushed as they come, so a
-crash loses at most the round in progress.
+- ``checkpoints/round_NNNN.pt``: global model + the server state needed to resume; its sha256 is in
+  ``checkpoints.sha256`` (``sha256sum -c`` format), checked when it is loaded.
+- ``.lock``: held (fcntl) by the process running in the directory; holds its PID.
+Every write is atomic (temporary file + fsync + rename, the temporary file removed on failure) and
+metrics rows are appended and fsynced as they come, so a crash loses at most the round in progress;
+a row cut short by a crash has no line end and is never trusted. A failed write names its path.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import datetime as dt
+import fcntl
+import hashlib
+import io
 import json
+import logging
 import os
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,7 @@ METRIC_COLUMNS = ["round", "wall_time_s", "sim_time_s", "lr", "clients", "local_
                   "test_loss", "test_acc", "val_loss", "val_acc", "messages", "bytes", "messages_down",
                   "messages_up", "bytes_down", "bytes_up", "messages_p2p", "bytes_p2p", "consensus_dist", "avg_drift",
                   "node_acc_mean", "node_acc_min", "node_acc_max", "staleness_mean", "staleness_max"]
+log = logging.getLogger("fedlab")
 
 
 def default_out_dir(strategy: str, dataset: str) -> Path:
@@ -38,9 +48,33 @@ def default_out_dir(strategy: str, dataset: str) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename; on failure (disk full...)
+    remove the temporary file and raise an OSError naming ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}", str(path)) from exc
+        raise
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class RunDirBusy(RuntimeError):
+    """Another live process holds the lock on the run directory."""
+
+
+_HELD: dict[str, int] = {}  # lock files held by this process -> nesting depth
+_HELD_GUARD = threading.Lock()
 
 
 class RunDir:
@@ -50,15 +84,71 @@ class RunDir:
         self.path = Path(path)
         self.ckpt_dir = self.path / "checkpoints"
         self.plots_dir = self.path / "plots"
+        self._pending_row: tuple[int, int] | None = None  # (round, file size before) of the last metrics row
 
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.csv"
 
+    @property
+    def digests_path(self) -> Path:
+        """``checkpoints.sha256``: one ``<sha256>  checkpoints/round_NNNN.pt`` line per checkpoint."""
+        return self.path / "checkpoints.sha256"
+
     def create(self) -> None:
         """Create the directory tree."""
         for d in (self.path, self.ckpt_dir, self.plots_dir):
             d.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run directory (``.lock``, fcntl) for the ``with`` block.
+
+        The holder's PID is written into the lock file. The kernel drops the lock when its process
+        dies, so a run killed with ``kill -9`` leaves no stale lock. Re-entrant within one process
+        (the simulation holds it while its ServerApp thread asks for it again).
+
+        Raises
+        ------
+        RunDirBusy
+            At once, naming the holder's PID, when another process holds the lock.
+        OSError
+            Naming the path, when the directory cannot be created (e.g. ``out_dir`` is a file).
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(20, f"{self.path} is an existing file, not a directory", str(self.path))
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path / ".lock"
+        key = str(lock_path.resolve())
+        with _HELD_GUARD:
+            nested = key in _HELD
+            if nested:
+                _HELD[key] += 1
+        if nested:
+            try:
+                yield
+            finally:
+                with _HELD_GUARD:
+                    _HELD[key] -= 1
+            return
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirBusy(f"{self.path} is in use by another run (PID {holder}); wait for it to end or "
+                             f"choose another out_dir") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            with _HELD_GUARD:
+                _HELD[key] = 1
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD.pop(key, None)
+            os.close(fd)  # releases the flock
 
     # ---------------------------------------------------------------- config / summary
     def write_config(self, nested: dict) -> None:
@@ -74,58 +164,245 @@ class RunDir:
         return json.loads((self.path / "summary.json").read_text())
 
     # ---------------------------------------------------------------- metrics
-    def append_metrics(self, row: dict[str, Any]) -> None:
-        """Append one row to metrics.csv (header written on first use), flushed to disk."""
-        new = not self.metrics_path.exists()
-        with open(self.metrics_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
-            f.flush()
-            os.fsync(f.fileno())
+    def append_metrics(self, row: dict[str, Any], columns: list[str] | None = None) -> None:
+        """Append one row to metrics.csv, fsynced; the header is written with the first row.
+
+        Parameters
+        ----------
+        row : dict
+            Column -> number (None or missing: an empty cell).
+        columns : list of str, optional
+            The header of a new file (default ``METRIC_COLUMNS``); an existing file keeps its own.
+
+        Raises
+        ------
+        ValueError
+            For a key that is not a column of the header, or a value that is not a number.
+        OSError
+            Naming the file when it cannot be written; a partly written row is removed.
+        """
+        path = self.metrics_path
+        size = path.stat().st_size if path.exists() else 0
+        if size and not _ends_with_newline(path, size):  # a half row left by a crash: never build on it
+            log.warning("%s: dropping a half-written last line", path)
+            size = path.read_bytes().rfind(b"\n") + 1
+            os.truncate(path, size)
+        header = _read_header(path) if size else list(columns or METRIC_COLUMNS)
+        if unknown := [k for k in row if k not in header]:
+            raise ValueError(f"{path}: metrics key {unknown[0]!r} is not a column of the header ({', '.join(header)})")
+        cells = [str(_fmt(row.get(k))) for k in header]
+        if bad := next((k for k, c in zip(header, cells) if not _is_number(c)), None):
+            raise ValueError(f"{path}: metrics value {bad}={row[bad]!r} is not a number")
+        data = ("" if size else ",".join(header) + "\r\n") + ",".join(cells) + "\r\n"
+        with open(path, "ab") as f:
+            try:
+                f.write(data.encode())
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                f.truncate(size)
+                raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}", str(path)) from exc
+        self._pending_row = (int(float(cells[header.index("round")])), size) if "round" in header else None
 
     def read_metrics(self) -> list[dict[str, float]]:
-        """metrics.csv as a list of rows of floats (NaN where a cell is empty)."""
+        """metrics.csv as a list of rows of floats (NaN where a cell is empty).
+
+        A half-written last line (no line end) is skipped with a warning; any other bad line raises a
+        ValueError naming the file and the line.
+        """
         if not self.metrics_path.exists():
             return []
-        with open(self.metrics_path, newline="") as f:
-            return [{k: float(v) if v != "" else float("nan") for k, v in r.items()} for r in csv.DictReader(f)]
+        header, rows, partial = _scan_metrics(self.metrics_path)
+        if partial is not None:
+            log.warning("%s, line %d: ignoring a half-written last line", self.metrics_path, partial[0])
+        for lineno, cells, err in rows:
+            if err:
+                raise ValueError(f"{self.metrics_path}, line {lineno}: {err}")
+        return [{k: float(v) if v != "" else float("nan") for k, v in zip(header, cells)} for _, cells, _ in rows]
 
     def truncate_metrics(self, last_round: int) -> None:
-        """Drop rows after ``last_round`` (used on resume: those rounds are recomputed)."""
-        if not self.metrics_path.exists():
+        """Keep the rows up to ``last_round`` (used on resume: later rounds are recomputed), atomically.
+
+        Rows after ``last_round`` are dropped whatever their state (a crash may have cut the last one);
+        rows up to it must be intact.
+
+        Raises
+        ------
+        ValueError
+            Naming the file and the line of a damaged row at or before ``last_round``.
+        """
+        path = self.metrics_path
+        if not path.exists():
             return
-        with open(self.metrics_path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(float(r["round"])) <= last_round]
-        self.metrics_path.unlink()
-        for r in rows:
-            self.append_metrics(r)
+        header, rows, partial = _scan_metrics(path)
+        keep, prev = [], 0
+        for lineno, cells, err in rows + ([(*partial, "a half-written last line")] if partial else []):
+            rnd = _round_of(cells, header)
+            if rnd is None or err:  # its round is unknown or its cells are bad: it is after prev
+                if (rnd if rnd is not None else prev + 1) > last_round:
+                    break
+                raise ValueError(f"{path}, line {lineno}: {err or 'no round number'}; the run cannot resume "
+                                 f"exactly from round {last_round}: repair or delete that line")
+            if rnd > last_round:
+                break
+            keep.append(",".join(cells))
+            prev = rnd
+        _atomic_write(path, "".join(line + "\r\n" for line in [",".join(header), *keep]).encode())
+        self._pending_row = None
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, server_round: int, arrays: dict[str, np.ndarray], state: dict,
                         extra: dict | None = None) -> Path:
         """Save the global model, JSON-able ``state`` and tensor-valued ``extra`` (e.g. an optimizer's
-        state_dict) as ``checkpoints/round_NNNN.pt``."""
+        state_dict) as ``checkpoints/round_NNNN.pt``, and its sha256 in ``checkpoints.sha256``.
+
+        When the write fails (disk full), the temporary file is removed, the metrics row of this round
+        (if it was the last one appended) is taken back, and an OSError naming the file is raised.
+        """
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / f"round_{server_round:04d}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
+        buf = io.BytesIO()
         torch.save({"round": server_round, "arrays": {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()},
-                    "state": json.dumps(state, default=_json_default), "extra": extra or {}}, tmp)
-        os.replace(tmp, path)
+                    "state": json.dumps(state, default=_json_default), "extra": extra or {}}, buf)
+        data, placed = buf.getvalue(), False
+        try:
+            digests = self._read_digests()
+            if digests.pop(path.name, None) is not None:  # never leave a digest that may not match
+                self._write_digests(digests)
+            _atomic_write(path, data)
+            placed = True
+            digests[path.name] = _sha256(data)
+            self._write_digests(digests)
+        except OSError:
+            if placed:  # a checkpoint without its digest: drop it with its metrics row
+                path.unlink(missing_ok=True)
+            if self._pending_row is not None and self._pending_row[0] == server_round:
+                os.truncate(self.metrics_path, self._pending_row[1])  # no row for a round without checkpoint
+                self._pending_row = None
+            raise
         return path
 
+    def _read_digests(self) -> dict[str, str]:
+        if not self.digests_path.exists():
+            return {}
+        out = {}
+        for line in self.digests_path.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            out[Path(name).name] = digest
+        return out
+
+    def _write_digests(self, digests: dict[str, str]) -> None:
+        text = "".join(f"{d}  checkpoints/{n}\n" for n, d in sorted(digests.items()))
+        _atomic_write(self.digests_path, text.encode())
+
+    def verify_checkpoint(self, path: str | Path) -> str | None:
+        """None when ``path`` is intact, else why not (its sha256 differs, or it does not load)."""
+        path = Path(path)
+        digest = self._read_digests().get(path.name)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return str(exc)
+        if digest is not None:
+            return None if _sha256(data) == digest else f"sha256 differs from {self.digests_path.name}"
+        try:  # written before digests existed, or a crash came between the file and its digest
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (any decoding error means damaged)
+            return f"{type(exc).__name__}: {exc}".strip(": ") or "unreadable"
+        return None
+
     def last_checkpoint(self) -> Path | None:
-        """Path of the checkpoint with the highest round, or None."""
+        """Path of the intact checkpoint with the highest round, or None when there is no checkpoint.
+
+        A damaged checkpoint (digest mismatch, truncated, empty) is skipped with a warning naming it.
+
+        Raises
+        ------
+        ValueError
+            When checkpoints exist but none is intact.
+        """
         found = sorted(self.ckpt_dir.glob("round_*.pt")) if self.ckpt_dir.exists() else []
-        return found[-1] if found else None
+        broken = []
+        for path in reversed(found):
+            if (why := self.verify_checkpoint(path)) is None:
+                return path
+            log.warning("checkpoint %s is damaged (%s); falling back to an earlier one", path, why)
+            broken.append(path.name)
+        if broken:
+            raise ValueError(f"{self.ckpt_dir}: no intact checkpoint (damaged: {', '.join(broken)})")
+        return None
 
     @staticmethod
     def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray], dict, dict]:
-        """Load ``(round, arrays, state, extra)`` from a checkpoint file."""
+        """Load ``(round, arrays, state, extra)`` from a checkpoint file, verified against its digest.
+
+        Raises
+        ------
+        ValueError
+            Naming the file when it is damaged.
+        """
+        path = Path(path)
+        if (why := RunDir(path.parent.parent).verify_checkpoint(path)) is not None:
+            raise ValueError(f"checkpoint {path} is damaged ({why})")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         arrays = {k: v.numpy() for k, v in ckpt["arrays"].items()}
         return int(ckpt["round"]), arrays, json.loads(ckpt["state"]), ckpt.get("extra", {})
+
+
+def _read_header(path: Path) -> list[str]:
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        return first.decode().strip().split(",")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}, line 1: the header is not text") from None
+
+
+def _ends_with_newline(path: Path, size: int) -> bool:
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        return f.read(1) == b"\n"
+
+
+def _is_number(cell: Any) -> bool:
+    try:
+        float(cell)
+    except (TypeError, ValueError):
+        return cell == ""
+    return True
+
+
+def _scan_metrics(path: Path) -> tuple[list[str], list[tuple[int, list[str] | None, str]], tuple | None]:
+    """(header, [(line number, cells, error or "")], (line number, cells or None) of a half-written last
+    line, or None)."""
+    lines = path.read_bytes().split(b"\n")
+    partial = None
+    if lines[-1]:  # no line end after the last line: cut by a crash; its round is known if a comma follows
+        text = lines[-1].decode(errors="replace")
+        partial = (len(lines), text.split(",") if "," in text else None)
+    lines = lines[:-1]
+    if not lines:
+        raise ValueError(f"{path}, line 1: no header")
+    header = _read_header(path)
+    rows = []
+    for i, raw in enumerate(lines[1:], start=2):
+        try:
+            cells = raw.decode().rstrip("\r").split(",")
+        except UnicodeDecodeError:
+            rows.append((i, None, "not text (garbage bytes)"))
+            continue
+        bad = next((f"{k}={c!r} is not a number" for k, c in zip(header, cells) if not _is_number(c)), "")
+        if len(cells) != len(header):
+            bad = f"{len(cells)} cells for {len(header)} columns"
+        rows.append((i, cells, bad))
+    return header, rows, partial
+
+
+def _round_of(cells: list[str] | None, header: list[str]) -> int | None:
+    try:
+        return int(float(cells[header.index("round")]))
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _fmt(v: Any) -> Any:

@@ -94,6 +94,16 @@ def test_read_idx_rejects_bad_files(tmp_path):
         read_idx(tmp_path / "short")
 
 
+def test_truncated_gz_names_the_file(isolated):
+    make_idx_dir(isolated / "d")
+    f = isolated / "d" / "train-images-idx3-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:-20])  # cut before the gzip trailer
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz: truncated or corrupt gzip"):
+        read_idx(f)
+    with pytest.raises(ValueError, match="truncated or corrupt gzip"):
+        load_dataset("mnist", data_dir=str(isolated / "d"), source="local")
+
+
 def test_load_idx_dataset_from_data_dir_and_env_subdir(isolated, monkeypatch):
     xtr, ytr, xte, yte = make_idx_dir(isolated / "given")
     d = load_dataset("fashion_mnist", data_dir=str(isolated / "given"), source="local")
