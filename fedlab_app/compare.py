@@ -22,6 +22,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
+from fedlab_app import compare_plots
 from fedlab_app.config import flatten
 from fedlab_app.results import RunDir
 from fedlab_app.stats import Stat, fmt, summarize
@@ -224,11 +228,6 @@ def group_numbers(groups: list[Group], names: dict[str, str]) -> tuple[list[str]
 def compare(paths: list[str], rows: str | None = None, cols: str | None = None, metric: str = "final.test_acc",
             out: str | None = None, console=None, flat: bool = False, target: float | None = None) -> Path:
     """Print the comparison and write compare.csv, groups.csv, curves.png (and compare.png) into ``out``."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from fedlab_app import compare_plots
-
     console = console or Console()
     runs = load_runs(paths)
     keys = varying_keys(runs)

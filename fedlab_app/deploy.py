@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedlab_app.results import RunDir
+
 DEFAULT_DIR = Path(".fedlab-deploy")
 CONNECTION = "fedlab"
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr live beside this Python
@@ -238,8 +240,6 @@ def down(d: Path) -> list[int]:
 
 def run(d: Path, run_config: dict, app_dir: Path, timeout: float = 3600.0) -> dict:
     """``flwr run <app> fedlab --run-config <toml> --stream`` against deployment ``d``; the run's summary.json."""
-    from fedlab_app.results import RunDir
-
     out_dir = Path(str(run_config["out_dir"]))
     cfg_path = d / "run_config.toml"
     cfg_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))  # JSON scalars are TOML

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from fedlab_app import compare_plots
 from fedlab_app.compare import (Group, Run, flat_table, group_runs, load_runs, pivot, short_names,
                                 varying_keys)
 
@@ -96,8 +97,6 @@ def build_report(paths: list[str], out: str | None = None, target: float | None 
         The written page.
     """
     import jinja2
-
-    from fedlab_app import compare_plots
 
     runs = load_runs(paths)
     keys = varying_keys(runs)

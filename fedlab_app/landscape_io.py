@@ -21,7 +21,10 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from clients.train import Normalizer, evaluate  # noqa: E402
 from fedlab_app import landscape as ls  # noqa: E402
+from fedlab_app.models import build_model  # noqa: E402
+from fedlab_app.splits import make_splits  # noqa: E402
 from fedlab_app.config import flatten, parse  # noqa: E402
 from fedlab_app.results import RunDir  # noqa: E402
 
@@ -37,10 +40,6 @@ def load_trajectory(run_dir: RunDir) -> tuple[list[int], list[dict[str, np.ndarr
 
 def _setup(run_dir: RunDir, samples: int, seed: int):
     """Model (with its seeded initial weights), normalizer and a seeded training subset from the config."""
-    from clients.train import Normalizer
-    from fedlab_app.models import build_model
-    from fedlab_app.splits import make_splits
-
     cfg = parse(flatten(run_dir.read_config()))
     s = make_splits(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
     pool = np.sort(np.concatenate(s.parts))  # the clients' training samples (no validation hold-out)
@@ -77,8 +76,6 @@ def run_landscape(paths: list[str], out: str | None = None, grid: int = 21, samp
     Path
         The written ``landscape.png``.
     """
-    from clients.train import evaluate
-
     runs = [RunDir(p) for p in paths]
     model, norm, x, y = _setup(runs[0], samples, seed)
     params = dict(model.named_parameters())

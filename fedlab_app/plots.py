@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedlab_app.results import RunDir  # noqa: E402
+from strategies.mixing import spectral_gap  # noqa: E402
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -64,8 +65,6 @@ def plot_run(run_dir: RunDir) -> list[Path]:
     ax.set(xlabel="cumulative communication (MB, both directions)", ylabel="test accuracy", title=title)
     ax.grid(alpha=0.3)
     out.append(_save(fig, run_dir.plots_dir / "communication.png"))
-    if _series(rows, "consensus_dist")[0]:
-        out.append(plot_gossip(rows, run_dir.plots_dir / "gossip.png", title))
     return out
 
 
@@ -138,55 +137,6 @@ def plot_label_distribution(counts: np.ndarray, path, title: str = "") -> None:
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
-def plot_pivot(row_values, col_values, cells: dict, rows: str, cols: str, metric: str, path: Path) -> Path:
-    """The metric against the row key (log scale when numeric and spread), one line per column value.
-
-    Cells that are not numbers (e.g. ``diverged``) are drawn as crosses at the bottom of the axis.
-    """
-    from fedlab_app.compare import as_float
-
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row_values)
-    xs = list(row_values) if numeric else list(range(len(row_values)))
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for c in col_values:
-        ys = [as_float(cells.get((r, c), "nan")) for r in row_values]
-        line = ax.plot(xs, ys, marker="o", ms=4, label=str(c))[0]
-        bad = [x for x, r in zip(xs, row_values) if cells.get((r, c), "") not in ("", "-") and math.isnan(as_float(cells[(r, c)]))]
-        if bad:
-            ax.plot(bad, [0.0] * len(bad), "x", color=line.get_color(), ms=8)
-    if numeric and min(xs) > 0 and max(xs) / min(xs) >= 16:
-        ax.set_xscale("log", base=2)
-    if not numeric:
-        ax.set_xticks(xs, [str(v) for v in row_values])
-    ax.set(xlabel=rows, ylabel=metric, title=f"{metric} by {rows} and {cols} (x: did not finish)")
-    ax.grid(alpha=0.3)
-    ax.legend(title=cols)
-    return _save(fig, path)
-
-
-def plot_curves(series: list[tuple[str, list[dict]]], path: Path) -> Path:
-    """Test accuracy against rounds, messages and MB sent (log scales when they span decades), one line per run."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    colors = plt.get_cmap("tab20").colors
-    for i, (label, rows) in enumerate(series):
-        pts = [(r["round"], r["messages"], r["bytes"] / 1e6, r["test_acc"]) for r in rows if not math.isnan(r["test_acc"])]
-        if not pts:
-            continue
-        style = {"marker": "o", "ms": 2, "label": label, "color": colors[i % 20], "ls": ("-", "--", ":")[(i // 20) % 3]}
-        for j, ax in enumerate(axes):
-            ax.plot([p[j] for p in pts], [p[3] for p in pts], **style)
-    for ax, xlabel, j in zip(axes, ("round (epoch when centralized)", "cumulative messages", "cumulative MB sent"),
-                             range(3)):
-        ax.set(xlabel=xlabel, ylabel="test accuracy")
-        ax.grid(alpha=0.3)
-        xs = [v for _, rows in series for v in ((r["round"], r["messages"], r["bytes"] / 1e6)[j] for r in rows) if v > 0]
-        if j and xs and max(xs) / min(xs) > 50:
-            ax.set_xscale("log")
-    if len(series) <= 40:
-        axes[2].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), ncol=1 + len(series) // 20)
-    return _save(fig, path)
-
-
 def plot_mixing_matrix(W: np.ndarray, path, title: str = "") -> Path:
     """Save a heatmap of the mixing matrix ``W`` (x: sender j, y: receiver i) with its spectral gap in the title.
 
@@ -204,8 +154,6 @@ def plot_mixing_matrix(W: np.ndarray, path, title: str = "") -> Path:
     Path
         The written file.
     """
-    from strategies.mixing import spectral_gap
-
     W = np.asarray(W, dtype=np.float64)
     m = W.shape[0]
     gap = spectral_gap(W)

@@ -19,7 +19,8 @@ from clients.optim import make_optimizer
 from clients.train import Normalizer, train
 from fedlab_app import config
 from fedlab_app.models import build_model, use_channels_last
-from fedlab_app.results import METRIC_COLUMNS, RunDir
+from fedlab_app.recorder import COMMON_COLUMNS
+from fedlab_app.results import RunDir
 from fedlab_app.simulate import simulate
 from fedlab_app.splits import client_shard, make_splits
 
@@ -57,7 +58,7 @@ def test_results_contract(runs):
     assert summary == json.loads((rd.path / "summary.json").read_text())
     rows = rd.read_metrics()
     assert [r["round"] for r in rows] == [1, 2, 3]
-    assert rd.metrics_path.read_text().splitlines()[0].split(",") == METRIC_COLUMNS
+    assert rd.metrics_path.read_text().splitlines()[0].split(",") == list(COMMON_COLUMNS)  # sync: no mode columns
     assert rows[-1]["test_acc"] == pytest.approx(summary["final"]["test_acc"], abs=1e-6)
     assert all(0 <= r["test_acc"] <= 1 for r in rows)
     assert [r["wall_time_s"] for r in rows] == sorted(r["wall_time_s"] for r in rows)

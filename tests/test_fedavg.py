@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies.fedavg import sample_clients, to_numpy, to_record, weighted_average
+from strategies.fedavg import FedAvgStrategy, Params, sample_clients, to_numpy, to_record, weighted_average
 
 
 def test_weighted_average_hand_computed():
@@ -53,3 +53,15 @@ def test_record_round_trip():
     assert list(back) == list(m)
     for k in m:
         np.testing.assert_array_equal(back[k], m[k])
+
+
+def test_sampling_follows_partition_ids_not_the_runs_random_node_ids():
+    """Flower gives nodes random ids each run; with the driver's {partition id: node id} map the seeded
+    sample picks the same partitions whatever the ids (C = 0.5 of 6)."""
+    picks = []
+    for node_ids in ([11, 22, 33, 44, 55, 66], [906, 14, 333, 2, 71, 5000]):
+        s = FedAvgStrategy(Params(fraction_train=0.5), seed=3, num_clients=6)
+        s.partition_nodes = dict(enumerate(node_ids))
+        chosen = s._sample(None, 0.5, 1, 3, server_round=2)
+        picks.append(sorted(node_ids.index(n) for n in chosen))
+    assert picks[0] == picks[1] and len(picks[0]) == 3
