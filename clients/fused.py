@@ -148,7 +148,7 @@ def _check_plan(template: nn.Module, plan, names, shape: tuple[int, ...]) -> Non
 def train_fused(template: nn.Module, jobs: Sequence[ClientJob], norm: Normalizer, opt_cfg, *, batch_size: int,
                 lr: float, lr_fn: Callable[[int], float] | None = None,
                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                return_opt_state: bool = False) -> list[FusedResult]:
+                return_opt_state: bool = False, group_size: int = 8) -> list[FusedResult]:
     """Train every job's model at once; client k ends as ``clients.train.train`` would leave it.
 
     Parameters
@@ -171,6 +171,11 @@ def train_fused(template: nn.Module, jobs: Sequence[ClientJob], norm: Normalizer
         ``augment(batch, generator)`` per client, generator seeded per epoch as in ``train``.
     return_opt_state : bool
         Also return each client's optimizer state (``optimizer_state`` format).
+    group_size : int
+        At most this many clients per fused computation: the jobs, sorted by their number of
+        steps, are split into ceil(K/group_size) equal groups trained one after another. Past ~8
+        LeNet-5 clients the activations (b, K*6, 28, 28) leave the caches and a step gets slower
+        per client (bench/bench_fused.py); the results do not depend on the grouping.
 
     Returns
     -------
@@ -185,6 +190,21 @@ def train_fused(template: nn.Module, jobs: Sequence[ClientJob], norm: Normalizer
             raise ValueError(f"fused training: job {i} has other state keys, another sample shape or an empty shard")
     plan = fused_plan(template)
     _check_plan(template, plan, names, tuple(jobs[0].x.shape[1:]))
+    work = [j.steps if j.steps > 0 else j.epochs * -(-len(j.y) // min(batch_size, len(j.y))) for j in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: work[i])
+    n_groups = -(-len(jobs) // max(group_size, 1))
+    out: list[FusedResult | None] = [None] * len(jobs)
+    for g in range(n_groups):
+        part = order[g * len(jobs) // n_groups:(g + 1) * len(jobs) // n_groups]
+        res = _train_group(plan, names, [jobs[i] for i in part], norm, opt_cfg, batch_size, lr, lr_fn, augment,
+                           return_opt_state)
+        for i, r in zip(part, res):
+            out[i] = r
+    return out
+
+
+def _train_group(plan, names, jobs, norm, opt_cfg, batch_size, lr, lr_fn, augment, return_opt_state):
+    """:func:`train_fused` on one group of clients, all stacked in one computation."""
     kk, c = len(jobs), jobs[0].x.shape[1]
     params = _stack([j.state for j in jobs], names)  # name -> (K, ...)
     dtype = params[names[0]].dtype
@@ -194,14 +214,15 @@ def train_fused(template: nn.Module, jobs: Sequence[ClientJob], norm: Normalizer
     gens, epoch_now = [torch.Generator() for _ in jobs], [None] * kk
     loss_sum = torch.zeros(kk, dtype=torch.float64)
     correct = torch.zeros(kk, dtype=torch.int64)
-    seen, n_steps, diverged = [0] * kk, [0] * kk, [False] * kk
-    out_state: list[dict | None] = [None] * kk
-    out_opt: list[dict | None] = [None] * kk
+    seen, n_steps, diverged = [0] * kk, [0] * kk, set()
+    out_state, out_opt = [None] * kk, [None] * kk  # per client, filled in when it retires
     ids = list(range(kk))  # ids[r] = client held in row r of the stacks
     t0, s = time.perf_counter(), 0
 
     def retire(rows_done: list[int]) -> None:
         nonlocal params, ids
+        if not rows_done:
+            return
         for r in rows_done:
             out_state[ids[r]] = {n: params[n][r].detach().clone() for n in names}
             out_opt[ids[r]] = opt.export(r) if return_opt_state else None
@@ -226,10 +247,9 @@ def train_fused(template: nn.Module, jobs: Sequence[ClientJob], norm: Normalizer
                     gens[i].manual_seed(_epoch_seed(jobs[i].seed, jobs[i].stream, epoch, 11))
                 xb = augment(xb, gens[i])
             drawn.append((xb, jobs[i].y[idx]))
-        if done:
-            retire(done)
-            if not ids:
-                break
+        retire(done)
+        if not ids:
+            break
         k = len(ids)
         sizes = [len(yb) for _, yb in drawn]
         bmax = max(sizes)
@@ -259,16 +279,14 @@ def train_fused(template: nn.Module, jobs: Sequence[ClientJob], norm: Normalizer
             n_steps[i] += 1
         if s % 50 == 0:
             bad = [r for r, i in enumerate(ids) if not math.isfinite(float(loss_sum[i]))]
-            for r in bad:
-                diverged[ids[r]] = True
-            if bad:
-                retire(bad)
+            diverged.update(ids[r] for r in bad)
+            retire(bad)
     seconds = time.perf_counter() - t0
     total = max(sum(seen), 1)
     results = []
     for i in range(kk):
         mean_loss = float(loss_sum[i]) / max(seen[i], 1)
-        div = diverged[i] or not math.isfinite(mean_loss)
+        div = i in diverged or not math.isfinite(mean_loss)
         res = TrainResult(n_steps[i], seen[i], math.nan if div else mean_loss, float(correct[i]) / max(seen[i], 1),
                           seconds * seen[i] / total, div)
         results.append(FusedResult(out_state[i], res, out_opt[i]))

@@ -90,10 +90,11 @@ def sequential(make, init, data, norm, cfg, lr, steps=STEPS, epochs=0, carried=N
     return out
 
 
-def fused(make, init, data, norm, cfg, lr, steps=STEPS, epochs=0, carried=None, augment=None):
+def fused(make, init, data, norm, cfg, lr, steps=STEPS, epochs=0, carried=None, augment=None, group_size=8):
     jobs = [ClientJob(sd, x, y, stream=k, seed=7, first_epoch=3, steps=steps[k] if steps else 0, epochs=epochs,
                       opt_state=None if carried is None else carried[k]) for k, ((x, y), sd) in enumerate(zip(data, init))]
-    return train_fused(make(), jobs, norm, cfg, batch_size=B, lr=lr, augment=augment, return_opt_state=True)
+    return train_fused(make(), jobs, norm, cfg, batch_size=B, lr=lr, augment=augment, return_opt_state=True,
+                       group_size=group_size)
 
 
 def assert_same(seq, fus, tol):
@@ -140,6 +141,15 @@ def test_fused_equals_sequential_float64(opt):
     data, init = shards(), states(make, dtype=torch.float64)
     seq = sequential(make, init, data, NORM1, OPTS[opt], LR[opt], f64=True)
     assert_same(seq, fused(make, init, data, NORM1, OPTS[opt], LR[opt]), 1e-12)
+
+
+@pytest.mark.parametrize("group_size", [1, 2])
+def test_groups_of_clients(group_size):
+    """K=3 split into 3 groups of 1, or groups {J=2} and {J=5, J=7}: same results, in jobs order."""
+    make = lambda: LeNet5(1, 28, 10)  # noqa: E731
+    data, init = shards(), states(make)
+    seq = sequential(make, init, data, NORM1, OPTS["nesterov"], 0.05)
+    assert_same(seq, fused(make, init, data, NORM1, OPTS["nesterov"], 0.05, group_size=group_size), 1e-5)
 
 
 def test_adamw_default_eps_within_sequential_noise():
