@@ -5,7 +5,11 @@ labels, ``--shard`` samples) and its own initial LeNet-5 weights, train J steps 
 (momentum 0.9), as a client does in one round. "sequential" is the path a client runs today, one
 client after another (``make_optimizer`` + ``clients.train.train``, channels_last); "fused" is one
 ``train_fused`` call over all K. Repeats are interleaved (seq, fused, seq, fused, ...) so drift in
-the machine's load hits both alike; we report medians and the median of the paired ratios.
+the machine's load hits both alike; we report medians and the median of the paired ratios. The
+process is tuned as a simulation worker is (``clients.perf.tune_process(1)``: one torch thread,
+glibc mallopt). ``max_abs_weight_diff`` compares the two paths' final weights: float32 rounding,
+amplified in a few clients (random labels, lr 0.02) exactly as much as by switching the sequential
+path itself from channels_last to NCHW.
 
     .venv/bin/python bench/bench_fused.py                 # K in 4 10 32, J=20, B=32, 5 repeats
     .venv/bin/python bench/bench_fused.py --ks 4 --repeats 2 --out /tmp/f.json   # quick look
@@ -28,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clients.fused import ClientJob, train_fused  # noqa: E402
 from clients.optim import OptimizerCfg, make_optimizer  # noqa: E402
+from clients.perf import tune_process  # noqa: E402
 from clients.train import Normalizer, train  # noqa: E402
 from fedlab_app.models import LeNet5  # noqa: E402
 
@@ -78,7 +83,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results/bench/fused.json"))
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    tune_process(1)  # 1 thread + glibc mallopt, as a simulation worker runs
     load_before = os.getloadavg()
     rows = []
     for k in args.ks:
@@ -102,6 +107,7 @@ def main() -> None:
         print(f"K={k:3d} J={args.steps} seq {row['seq_s_median']:.3f} s  fused {row['fused_s_median']:.3f} s  "
               f"speedup x{row['speedup_median_paired']:.2f}  max|dw| {diff:.1e}  load {os.getloadavg()[0]:.2f}")
     result = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "threads": 1,
+              "tuned": "clients.perf.tune_process(1)",
               "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
               "model": "LeNet-5 28x28 (Fashion-MNIST shaped random uint8 data)", "optimizer": "sgd momentum 0.9",
               "shard": args.shard, "repeats": args.repeats, "loadavg_before": load_before,

@@ -55,7 +55,7 @@ class StackedOptimizer:
     cfg : object
         Optimizer settings with attributes ``name`` (sgd | adamw | lars | lamb), ``momentum``,
         ``nesterov``, ``weight_decay``, ``beta1``, ``beta2``, ``eps``, ``trust_coef``
-        (``fedlab_app.config.OptimizerCfg`` has them).
+        (``clients.optim.OptimizerCfg`` has them).
     params : dict of str to torch.Tensor
         Stacked parameters ``(K, *shape)`` in ``model.parameters()`` order.
     states : sequence of mapping or None

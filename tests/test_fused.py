@@ -72,7 +72,8 @@ def states(make, k=3, dtype=torch.float32):
     return res
 
 
-def sequential(make, init, data, norm, cfg, lr, steps=STEPS, epochs=0, carried=None, augment=None, f64=False):
+def sequential(make, init, data, norm, cfg, lr, steps=STEPS, epochs=0, carried=None, augment=None, f64=False,
+               lr_fn=None):
     """Each client alone, as the client app trains it: returns [(state_dict, optimizer_state, TrainResult)]."""
     out = []
     for k, ((x, y), sd) in enumerate(zip(data, init)):
@@ -85,16 +86,18 @@ def sequential(make, init, data, norm, cfg, lr, steps=STEPS, epochs=0, carried=N
         if carried is not None:
             load_optimizer_state(opt, carried[k])
         res = train(model, x, y, norm, opt, batch_size=B, seed=7, stream=k, first_epoch=3, epochs=epochs,
-                    steps=steps[k] if steps else 0, augment=augment)
+                    steps=steps[k] if steps else 0, augment=augment, lr_fn=lr_fn)
         out.append(({n: v.detach().clone() for n, v in inner.state_dict().items()}, optimizer_state(opt), res))
     return out
 
 
-def fused(make, init, data, norm, cfg, lr, steps=STEPS, epochs=0, carried=None, augment=None, group_size=8):
+def fused(make, init, data, norm, cfg, lr, steps=STEPS, epochs=0, carried=None, augment=None, group_size=8,
+          lr_fn=None):
     jobs = [ClientJob(sd, x, y, stream=k, seed=7, first_epoch=3, steps=steps[k] if steps else 0, epochs=epochs,
-                      opt_state=None if carried is None else carried[k]) for k, ((x, y), sd) in enumerate(zip(data, init))]
+                      opt_state=None if carried is None else carried[k])
+            for k, ((x, y), sd) in enumerate(zip(data, init))]
     return train_fused(make(), jobs, norm, cfg, batch_size=B, lr=lr, augment=augment, return_opt_state=True,
-                       group_size=group_size)
+                       group_size=group_size, lr_fn=lr_fn)
 
 
 def assert_same(seq, fus, tol):
@@ -150,6 +153,14 @@ def test_groups_of_clients(group_size):
     data, init = shards(), states(make)
     seq = sequential(make, init, data, NORM1, OPTS["nesterov"], 0.05)
     assert_same(seq, fused(make, init, data, NORM1, OPTS["nesterov"], 0.05, group_size=group_size), 1e-5)
+
+
+def test_per_step_learning_rate():
+    """lr_fn(i) sets the i-th step's lr of every client, as in train()."""
+    make, lr_fn = (lambda: LeNet5(1, 28, 10)), (lambda i: 0.1 / (1 + i))  # noqa: E731
+    data, init = shards(), states(make)
+    seq = sequential(make, init, data, NORM1, OPTS["momentum"], 0.05, lr_fn=lr_fn)
+    assert_same(seq, fused(make, init, data, NORM1, OPTS["momentum"], 0.05, lr_fn=lr_fn), 1e-5)
 
 
 def test_adamw_default_eps_within_sequential_noise():
