@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 from fedlab_app.compose import CONF_DIR, register_resolvers
@@ -76,28 +77,28 @@ def _hydra_main(argv: list[str]) -> int:
         statuses.append(_run_task(dcfg))
 
     sys.argv = [sys.argv[0], *argv]
+    before = set(threading.enumerate())
     try:
         task()
     except SystemExit as exc:  # a config/preflight error or an interrupt: its code, once no thread is left
-        return _no_threads_left(exc.code if isinstance(exc.code, int) else int(exc.code is not None))
+        return _no_threads_left(before, exc.code if isinstance(exc.code, int) else int(exc.code is not None))
     except KeyboardInterrupt:  # outside a run (composing the config, printing the summary)
         print("fedlab: interrupted", file=sys.stderr)
-        return _no_threads_left(EXIT_CODES["interrupted"])
+        return _no_threads_left(before, EXIT_CODES["interrupted"])
     codes = [EXIT_CODES.get(s, EXIT_CODES["failed"]) for s in statuses] or [EXIT_CODES["failed"]]
-    return _no_threads_left(1 if 1 in codes else max(codes))  # a failed run first, then diverged
+    return _no_threads_left(before, 1 if 1 in codes else max(codes))  # a failed run first, then diverged
 
 
-def _no_threads_left(code: int, timeout_s: float = 10.0) -> int:
-    """Return ``code`` once no other non-daemon thread runs; exit the process with it if one is stuck."""
+def _no_threads_left(before: set, code: int, timeout_s: float = 10.0) -> int:
+    """Return ``code`` once the non-daemon threads started since ``before`` have ended; if one is stuck,
+    end the process with ``code`` (a failed run must never leave the command waiting)."""
     import os
-    import threading
     import time
 
-    deadline = time.monotonic() + timeout_s
-    for t in threading.enumerate():
-        if t is not threading.current_thread() and not t.daemon:
-            t.join(max(0.0, deadline - time.monotonic()))
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
+    deadline, new = time.monotonic() + timeout_s, [t for t in threading.enumerate() if t not in before and not t.daemon]
+    for t in new:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in new):
         print("fedlab: a thread of the run did not stop; exiting anyway", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()

@@ -188,6 +188,10 @@ class RunDir:
             size = path.read_bytes().rfind(b"\n") + 1
             os.truncate(path, size)
         header = _read_header(path) if size else list(columns or METRIC_COLUMNS)
+        if size and "round" in row and (last := _last_round(path)) is not None and last >= int(row["round"]):
+            log.warning("%s: dropping rows from round %d on, left by an earlier attempt", path, int(row["round"]))
+            self.truncate_metrics(int(row["round"]) - 1)  # e.g. killed after a row, before its checkpoint
+            size = path.stat().st_size
         if unknown := [k for k in row if k not in header]:
             raise ValueError(f"{path}: metrics key {unknown[0]!r} is not a column of the header ({', '.join(header)})")
         cells = [str(_fmt(row.get(k))) for k in header]
@@ -362,6 +366,17 @@ def _ends_with_newline(path: Path, size: int) -> bool:
     with open(path, "rb") as f:
         f.seek(size - 1)
         return f.read(1) == b"\n"
+
+
+def _last_round(path: Path) -> int | None:
+    """The round of the last row of a metrics file that ends with a line end (None if unknown)."""
+    lines = path.read_bytes().rstrip(b"\r\n").rsplit(b"\n", 1)
+    if len(lines) < 2:
+        return None
+    try:
+        return int(float(lines[-1].split(b",", 1)[0]))
+    except ValueError:
+        return None
 
 
 def _is_number(cell: Any) -> bool:

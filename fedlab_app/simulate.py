@@ -92,7 +92,7 @@ def simulate(cfg: config.Config) -> dict:
             preflight(cfg, simulation=direct is None)
             return _run_direct(cfg, run_dir, direct) if direct is not None else _run_flower(cfg, run_dir)
         except KeyboardInterrupt:
-            return _write_interrupted(run_dir)
+            return _write_interrupted(run_dir, cfg)
 
 
 def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
@@ -159,7 +159,7 @@ def _run_direct(cfg: config.Config, run_dir: RunDir, run_fn) -> dict:
     try:
         return server_app.record_failure(run_dir, lambda: run_fn(cfg, None, run_dir))
     except KeyboardInterrupt:
-        return _write_interrupted(run_dir)
+        return _write_interrupted(run_dir, cfg)
     except Exception as exc:  # recorded in summary.json; a sweep goes on with its next run
         logging.getLogger("fedlab").error("run failed: %s", exc)
         return run_dir.read_summary()
@@ -190,6 +190,8 @@ def _first_sigint_raises() -> Iterator[None]:
             os.write(2, b"fedlab: interrupted again; exiting without cleaning up\n")
             os._exit(INTERRUPTED_EXIT)
         hits.append(signum)
+        if not logging.getLogger("flwr").isEnabledFor(logging.INFO):  # not verbose: hide the errors of
+            logging.getLogger("flwr").disabled = True  # Flower's workers whose actors are being stopped
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGINT, handler)
@@ -197,6 +199,7 @@ def _first_sigint_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
+        logging.getLogger("flwr").disabled = False
 
 
 def _stop_threads(before: set[threading.Thread], grace_s: float = 3.0, timeout_s: float = 30.0) -> bool:
@@ -221,20 +224,24 @@ def _stop_threads(before: set[threading.Thread], grace_s: float = 3.0, timeout_s
     return bool(left)
 
 
-def _write_interrupted(run_dir: RunDir) -> dict:
-    """Write summary.json with ``status: interrupted`` and the last round saved (a checkpoint)."""
+def _write_interrupted(run_dir: RunDir, cfg: config.Config) -> dict:
+    """Write summary.json with ``status: interrupted``, as of the last round saved (a checkpoint)."""
+    from fedlab_app.recorder import LoopState, make_summary
+
+    rnd, state = 0, LoopState()
     try:
-        ckpt = run_dir.last_checkpoint()
-        rnd = RunDir.load_checkpoint(ckpt)[0] if ckpt is not None else 0
-    except ValueError:  # every checkpoint damaged: a resume will say so
-        rnd = 0
+        if (ckpt := run_dir.last_checkpoint()) is not None:
+            rnd, _, saved, _ = RunDir.load_checkpoint(ckpt)
+            state = LoopState.from_json(saved)
+    except (ValueError, KeyError, TypeError):  # damaged checkpoints: a resume will say so
+        pass
     try:
         last = [r for r in run_dir.read_metrics() if r["round"] <= rnd][-1:]
     except ValueError:
         last = []
-    final = {k: v for k, v in (last[0] if last else {}).items() if k.startswith(("test_", "val_"))}
-    summary = {"status": "interrupted", "rounds": rnd, "final": {"round": rnd, **final},
-               "out_dir": str(run_dir.path),
+    final = {k: v for k, v in (last[0] if last else {}).items() if k.startswith(("test_", "val_")) and v == v}
+    summary = {"out_dir": str(run_dir.path), **make_summary(cfg, state, final, "interrupted"), "rounds": rnd,
                "resume": f"fedlab run out_dir={run_dir.path} resume=true"}
+    summary["final"]["round"] = rnd
     run_dir.write_summary(summary)
     return summary
