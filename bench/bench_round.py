@@ -82,20 +82,51 @@ def plain_loop(rounds: int, threads: int) -> list[float]:
     return times
 
 
-def fedlab_run(rounds: int) -> dict:
-    """Launch `fedlab run rounds=R` as a user would; return whole wall time and per-round times."""
+def tree_pss_mb(pid: int) -> float:
+    """Proportional set size (MB) of process ``pid`` and all its descendants (/proc smaps_rollup)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total / 1024
+
+
+def fedlab_run(rounds: int, *overrides: str) -> dict:
+    """Launch `fedlab run rounds=R ...` as a user would; return whole wall time, per-round times, the time
+    from launch to the end of round 1 (its metrics row on disk) and the process tree's peak PSS."""
     out = Path(tempfile.mkdtemp(prefix="bench-fedlab-"))
     t0 = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).with_name("fedlab")), "run", f"rounds={rounds}", f"out_dir={out}"],
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("fedlab")), "run", f"rounds={rounds}",
+                             f"out_dir={out}", *overrides], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    peak, first_row = 0.0, None
+    while proc.poll() is None:
+        peak = max(peak, tree_pss_mb(proc.pid))
+        if first_row is None and (out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) > 1:
+            first_row = time.perf_counter() - t0
+        time.sleep(0.25)
     wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"fedlab run {' '.join(overrides)} exited {proc.returncode}")
     rows = RunDir(out).read_metrics()
     walls = [r["wall_time_s"] for r in rows]
     steady = [b - a for a, b in zip(walls, walls[1:])]
     summary = RunDir(out).read_summary()
-    print(f"fedlab run: whole process {wall:.1f} s, round times {[round(t, 2) for t in [walls[0], *steady]]} s, "
+    print(f"fedlab run {' '.join(overrides)}: whole process {wall:.1f} s, launch to end of round 1 {first_row} s, "
+          f"round times {[round(t, 2) for t in [walls[0], *steady]]} s, peak PSS {peak:.0f} MB, "
           f"final acc {summary['final']['test_acc']:.4f}", flush=True)
-    return {"process_s": wall, "first_round_s": walls[0], "steady_rounds_s": steady,
+    return {"overrides": list(overrides), "process_s": wall, "launch_to_round1_s": first_row,
+            "first_round_s": walls[0], "steady_rounds_s": steady, "peak_pss_mb": peak,
             "final_test_acc": summary["final"]["test_acc"]}
 
 
@@ -105,12 +136,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = ap.parse_args()
-    plain1, plain2, fed = [], [], []
+    plain1, plain2, fed, unpacked = [], [], [], []
     for _ in range(args.repeats):
         plain2 += plain_loop(args.rounds, 2)[1:]
-        fed.append(fedlab_run(args.rounds))
+        fed.append(fedlab_run(args.rounds))  # default: clients packed per worker, trained fused
         plain1 += plain_loop(args.rounds, 1)[1:]
+        unpacked.append(fedlab_run(args.rounds, "sim.clients_per_worker=1"))  # one client per message
     fed_round = statistics.median(t for f in fed for t in f["steady_rounds_s"])
+    unpacked_round = statistics.median(t for f in unpacked for t in f["steady_rounds_s"])
     startup = statistics.median(f["process_s"] - args.rounds * fed_round for f in fed)
     res = {
         "what": "steady-state FedAvg round: 10 IID Fashion-MNIST clients x 1 epoch, B=32, LeNet-5, + test eval",
@@ -118,9 +151,14 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "plain_round_s_2threads": statistics.median(plain2), "plain_round_s_1thread": statistics.median(plain1),
         "fedlab_round_s": fed_round, "fedlab_startup_s": startup,
+        "fedlab_launch_to_round1_s": statistics.median(f["launch_to_round1_s"] for f in fed),
+        "fedlab_peak_pss_mb": max(f["peak_pss_mb"] for f in fed),
         "ratio_vs_plain_2threads": fed_round / statistics.median(plain2),
         "ratio_vs_plain_1thread": fed_round / statistics.median(plain1),
-        "fedlab_runs": fed, "repeats": args.repeats, "rounds": args.rounds,
+        "unpacked_round_s": unpacked_round, "unpacked_ratio_vs_plain_2threads": unpacked_round / statistics.median(plain2),
+        "unpacked_peak_pss_mb": max(f["peak_pss_mb"] for f in unpacked),
+        "fedlab_runs": fed, "unpacked_runs": unpacked, "repeats": args.repeats, "rounds": args.rounds,
+        "load_average_end": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     out = Path(args.out)

@@ -15,11 +15,21 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import threading
-from pathlib import Path
+import time
 
+from fedlab_app import config, report
+from fedlab_app.compare import compare
 from fedlab_app.compose import CONF_DIR, register_resolvers
+from fedlab_app.deploy_cli import main as deploy_main
+from fedlab_app.html_report import build_report, screenshot
+from fedlab_app.landscape_io import run_landscape
+from fedlab_app.plots import plot_run
+from fedlab_app.results import RunDir
+from fedlab_app.simulate import PreflightError, simulate
 
 USAGE = __doc__
 
@@ -36,22 +46,16 @@ def _run_task(dcfg) -> str:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from fedlab_app import config, report
-    from fedlab_app.simulate import PreflightError, simulate
-
     nested = config.from_hydra(dcfg)
     hydra_cfg = HydraConfig.get()
     if not nested.get("out_dir") and hydra_cfg.mode == RunMode.MULTIRUN:  # sweep job -> its folder in the sweep
         nested["out_dir"] = hydra_cfg.runtime.output_dir
     try:
         cfg = config.parse(config.flatten(nested))
+        config.check_paths(cfg)  # resume: true, false or an existing run directory; out_dir not a file
     except config.ConfigError as exc:
         print(f"fedlab: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CODES["config"]) from None
-    if cfg.out_dir and Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
-        print(f"fedlab: configuration error: out_dir={cfg.out_dir} is an existing file; allowed: a directory "
-              f"(new or a run directory)", file=sys.stderr)
-        raise SystemExit(EXIT_CODES["config"])
     try:
         summary = simulate(cfg)
     except PreflightError as exc:
@@ -92,9 +96,6 @@ def _hydra_main(argv: list[str]) -> int:
 def _no_threads_left(before: set, code: int, timeout_s: float = 10.0) -> int:
     """Return ``code`` once the non-daemon threads started since ``before`` have ended; if one is stuck,
     end the process with ``code`` (a failed run must never leave the command waiting)."""
-    import os
-    import time
-
     deadline, new = time.monotonic() + timeout_s, [t for t in threading.enumerate() if t not in before and not t.daemon]
     for t in new:
         t.join(max(0.0, deadline - time.monotonic()))
@@ -107,10 +108,6 @@ def _no_threads_left(before: set, code: int, timeout_s: float = 10.0) -> int:
 
 
 def _compare(argv: list[str]) -> int:
-    import argparse
-
-    from fedlab_app.compare import compare
-
     ap = argparse.ArgumentParser(prog="fedlab compare", description="Compare finished runs.")
     ap.add_argument("paths", nargs="+", help="run directories or folders holding them (e.g. a sweep)")
     ap.add_argument("--rows", help="config key for the table's rows, e.g. client.batch_size")
@@ -133,9 +130,6 @@ def _compare(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
-    import argparse
-
-    from fedlab_app.html_report import build_report, screenshot
 
     ap = argparse.ArgumentParser(prog="fedlab report", description="One self-contained HTML page of runs.")
     ap.add_argument("paths", nargs="+", help="run directories or folders holding them (a sweep, a study)")
@@ -156,9 +150,6 @@ def _report(argv: list[str]) -> int:
 
 
 def _landscape(argv: list[str]) -> int:
-    import argparse
-
-    from fedlab_app.landscape_io import run_landscape
 
     ap = argparse.ArgumentParser(prog="fedlab landscape", description="Loss landscape around runs' trajectories.")
     ap.add_argument("paths", nargs="+", help="run directories with checkpoints (one common PCA basis)")
@@ -186,9 +177,6 @@ def main() -> None:
     if cmd == "run":
         raise SystemExit(_hydra_main(rest))
     if cmd == "plot":
-        from fedlab_app.plots import plot_run
-        from fedlab_app.results import RunDir
-
         for path in rest:
             for p in plot_run(RunDir(path)):
                 print(p)
@@ -200,8 +188,6 @@ def main() -> None:
     if cmd == "landscape":
         raise SystemExit(_landscape(rest))
     if cmd == "deploy":
-        from fedlab_app.deploy_cli import main as deploy_main
-
         raise SystemExit(deploy_main(rest))
     print(f"fedlab: unknown command {cmd!r}; allowed: run, plot, compare, report, landscape, deploy\n{USAGE}", file=sys.stderr)
     raise SystemExit(2)

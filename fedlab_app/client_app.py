@@ -18,21 +18,31 @@ from clients.perf import tune_process
 from clients.train import evaluate
 from fedlab_app import config
 from fedlab_app.local import Node
+from strategies import sync
 
 app = ClientApp()
 FITS = strategies.client_fits()
 
 
-def node_for(msg: Message, context: Context) -> Node:
-    """This node (config parsed once per process), with the message's model loaded when it brings one."""
+def node_for(msg: Message, context: Context, pid: int | None = None) -> Node:
+    """This node (config parsed once per process), with the message's model loaded when it brings one.
+
+    A simulated node that holds several virtual clients (``sim.clients_per_worker`` = p) is node b of
+    ceil(K/p) and holds partitions b*p .. b*p+p-1; ``pid`` picks one of them.
+    """
     cfg = config.parse_cached(context.run_config)
     tune_process(cfg.sim.threads_per_client)
-    pid = int(context.node_config["partition-id"])
+    p = max(1, cfg.sim.clients_per_worker)
+    block = int(context.node_config["partition-id"])
     num = int(context.node_config.get("num-partitions", cfg.num_clients))
-    if num != cfg.num_clients:
-        raise ValueError(f"this node was told num-partitions={num} but the run has num_clients={cfg.num_clients}")
-    if not 0 <= pid < num:
-        raise ValueError(f"this node was told partition-id={pid}; allowed: 0 .. {num - 1} (num-partitions={num})")
+    if num != -(-cfg.num_clients // p):
+        raise ValueError(f"this node was told num-partitions={num} but the run has num_clients={cfg.num_clients} "
+                         f"with sim.clients_per_worker={p}")
+    if not 0 <= block < num:
+        raise ValueError(f"this node was told partition-id={block}; allowed: 0 .. {num - 1} (num-partitions={num})")
+    pid = block * p if pid is None else pid
+    if not block * p <= pid < min((block + 1) * p, cfg.num_clients):
+        raise ValueError(f"client {pid} is not held by node {block} (sim.clients_per_worker={p})")
     node = Node(cfg, pid, cfg.num_clients, context.state)
     if "arrays" in msg.content:  # gossip messages carry the neighbours' models instead
         node.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -42,16 +52,20 @@ def node_for(msg: Message, context: Context) -> Node:
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
     """Do what the message's ``mode`` asks of this node (train, mix and train, compute a gradient)."""
-    mode = str(msg.content["config"].get("mode", ""))
+    conf = msg.content["config"]
+    mode = str(conf.get("mode", ""))
     if mode not in FITS:
         raise ValueError(f"train message with mode={mode!r}; this node knows: {', '.join(sorted(FITS))}")
+    if "pids" in conf:  # several virtual clients of this node, trained together
+        return sync.client_fit_block(msg, [node_for(msg, context, int(p)) for p in conf["pids"]])
     return FITS[mode](msg, node_for(msg, context))
 
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this node's shard (federated evaluation)."""
-    node = node_for(msg, context)
+    pid = msg.content["config"].get("pid") if "config" in msg.content else None
+    node = node_for(msg, context, None if pid is None else int(pid))
     local = node.local
     loss, acc = evaluate(node.model, local.x, local.y, local.norm, node.cfg.eval.batch_size)
     metrics = MetricRecord({"num-examples": len(local.y), "eval-loss": loss, "eval-acc": acc, "partition-id": node.pid})

@@ -24,12 +24,23 @@ def message_bytes(msg: Message) -> int:
 
 
 class Ledger:
-    """Cumulative message and byte counts, per direction and per node."""
+    """Cumulative message and byte counts, per direction and per node.
+
+    ``messages``/``bytes`` count what the algorithm sends (logical: one message per virtual client per
+    direction, node-to-node models); ``transport`` counts what actually crossed Flower (several virtual
+    clients packed into one message, relayed models inside the server's messages).
+    """
 
     def __init__(self) -> None:
         self.messages = {"down": 0, "up": 0, "p2p": 0}
         self.bytes = {"down": 0, "up": 0, "p2p": 0}
+        self.transport = {"messages": 0, "bytes": 0}
         self.per_node: dict[str, dict[str, int]] = defaultdict(lambda: {"messages": 0, "bytes": 0})
+
+    def carried(self, nbytes: int) -> None:
+        """Count one message that crossed Flower (transport)."""
+        self.transport["messages"] += 1
+        self.transport["bytes"] += nbytes
 
     def record(self, direction: str, node: Any, nbytes: int) -> None:
         """Count one message of ``nbytes`` bytes in ``direction`` ("down" or "up") for ``node``."""
@@ -58,7 +69,8 @@ class Ledger:
 
     def state(self) -> dict:
         """JSON-able snapshot (for checkpoints and summary.json)."""
-        return {"messages": dict(self.messages), "bytes": dict(self.bytes), "per_node": dict(self.per_node)}
+        return {"messages": dict(self.messages), "bytes": dict(self.bytes), "transport": dict(self.transport),
+                "per_node": dict(self.per_node)}
 
     @classmethod
     def from_state(cls, state: dict) -> Ledger:
@@ -66,6 +78,7 @@ class Ledger:
         led = cls()
         led.messages.update(state["messages"])
         led.bytes.update(state["bytes"])
+        led.transport.update(state.get("transport", {}))
         for node, entry in state["per_node"].items():
             led.per_node[node] = dict(entry)
         return led
@@ -118,13 +131,24 @@ class CountingGrid:
         self.ledger.record(direction, node, nbytes)
         self.round_bytes[node] += nbytes
 
+    def count_virtual(self, direction: str, name: Any, msg: Message) -> None:
+        """Count one logical message of a virtual client (packed into a transport message) as ``name``."""
+        self._count(direction, name, msg)
+
+    def _carried(self, msgs: Iterable[Message]) -> None:
+        for m in msgs:
+            self.ledger.carried(message_bytes(m))
+
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None,
                          count: str | None = "both") -> list[Message]:
         """Send, wait for the replies, and count (``count``: "both", "down" only, or None; errors count as
         messages of 0 bytes). Counting happens after the replies arrive so that a node is named by the
-        partition id its reply carries (node ids are random per run; partition ids survive a resume)."""
+        partition id its reply carries (node ids are random per run; partition ids survive a resume).
+        Every message sent and received is counted as transport, whatever ``count`` says."""
         messages = list(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._carried(messages)
+        self._carried(replies)
         self._asked.update({m.metadata.message_id: m.metadata.dst_node_id for m in messages})
         self._learn(replies)
         if count in ("both", "down"):
@@ -140,6 +164,7 @@ class CountingGrid:
         which the checkpointed ledger already holds)."""
         messages = list(messages)
         ids = list(self._grid.push_messages(messages))
+        self._carried(messages)
         for mid, m in zip(ids, messages):
             self._asked[mid] = m.metadata.dst_node_id
             if count:
@@ -149,6 +174,7 @@ class CountingGrid:
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         """Pull the replies that have arrived for ``message_ids``; count each one."""
         replies = list(self._grid.pull_messages(list(message_ids)))
+        self._carried(replies)
         self._learn(replies)
         for r in replies:
             self._count("up", self.name_of(r), r)

@@ -16,6 +16,7 @@ with ``status: failed`` and an error naming the node and its reason (gossip, asy
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -92,6 +93,7 @@ class RunContext:
         self.planner = RoundPlanner(cfg, self.base_lr)
         self.speeds = self.planner.speeds
         self.node_of: dict[int, int] = {}  # partition id -> Flower node id
+        self.packing = max(1, cfg.sim.clients_per_worker)  # virtual clients per node: node b holds b*p .. b*p+p-1
 
     @property
     def first_round(self) -> int:
@@ -121,12 +123,17 @@ class RunContext:
         """A message to partition ``pid``'s node."""
         return Message(RecordDict(content), dst_node_id=self.node_of[pid], message_type=message_type)
 
-    def keep_ok(self, rnd: int, replies: list[Message], grid: CountingGrid) -> list[Message]:
-        """The failure policy: record every failed reply; skip it (sync) or fail the run naming the node."""
+    def keep_ok(self, rnd: int, replies: list[Message], grid: CountingGrid,
+                names: list | None = None) -> list[Message]:
+        """The failure policy: record every failed reply; skip it (sync) or fail the run naming the node.
+
+        ``names`` names the replies (default: the node each answers for)."""
         ok = [r for r in replies if not r.has_error()]
-        bad = [r for r in replies if r.has_error()]
-        for r in bad:
-            node, reason = grid.name_of(r), (r.error.reason or f"error code {r.error.code}").strip()[-500:]
+        names = names if names is not None else [grid.name_of(r) for r in replies]
+        for r, node in zip(replies, names):
+            if not r.has_error():
+                continue
+            reason = (r.error.reason or f"error code {r.error.code}").strip()[-500:]
             self.rec.state.failures += 1
             self.rec.state.failure_events.append({"round": rnd, "node": str(node), "reason": reason})
             if self.mode.tolerates_failures:
@@ -155,8 +162,9 @@ def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
         plots.plot_label_distribution(label_counts(s.data.y_train, list(s.parts), s.data.num_classes),
                                       run_dir.plots_dir / "label_distribution.png",
                                       f"{cfg.dataset.name}, partition={cfg.partition.name}: labels per client")
-        ctx.node_of = discover(grid, wait_for_nodes(grid, cfg.num_clients))
-        cgrid.node_names.update({n: p for p, n in ctx.node_of.items()})
+        nodes = discover(grid, wait_for_nodes(grid, math.ceil(cfg.num_clients / ctx.packing)))
+        ctx.node_of = {pid: nodes[pid // ctx.packing] for pid in range(cfg.num_clients)}
+        cgrid.node_names.update({n: (b if ctx.packing == 1 else f"node{b}") for b, n in nodes.items()})
     mode.start(ctx, arrays, extra.get("mode", {}))
     for rnd in range(rec.state.server_round + 1, total + 1):
         lr = ctx.lr(rnd)

@@ -77,10 +77,13 @@ class Node:
                      seed=self.cfg.seed, stream=self.pid, first_epoch=first_epoch, epochs=epochs, steps=steps, lr=lr,
                      lr_fn=lr_fn, augment=self.local.augment)
 
+    def metrics(self, res: TrainResult, **extra: Any) -> MetricRecord:
+        """The training metrics the driver reads from a reply."""
+        return MetricRecord({"num-examples": len(self.local.y), "examples-processed": res.num_examples,
+                             "steps": res.steps, "train-loss": res.loss, "train-acc": res.acc,
+                             "compute-s": res.seconds, "partition-id": self.pid, "diverged": int(res.diverged),
+                             **extra})
+
     def reply(self, msg: Message, arrays: Any, res: TrainResult, **extra: Any) -> Message:
         """The reply to a training message: ``arrays`` (an ArrayRecord) and the metrics the driver reads."""
-        metrics = MetricRecord({"num-examples": len(self.local.y), "examples-processed": res.num_examples,
-                                "steps": res.steps, "train-loss": res.loss, "train-acc": res.acc,
-                                "compute-s": res.seconds, "partition-id": self.pid, "diverged": int(res.diverged),
-                                **extra})
-        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+        return Message(RecordDict({"arrays": arrays, "metrics": self.metrics(res, **extra)}), reply_to=msg)

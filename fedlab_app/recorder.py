@@ -26,7 +26,8 @@ from fedlab_app.splits import make_splits
 log = logging.getLogger("fedlab")
 COMMON_COLUMNS = ("round", "wall_time_s", "sim_time_s", "lr", "clients", "local_steps", "failures", "train_loss",
                   "train_acc", "test_loss", "test_acc", "val_loss", "val_acc", "weight_norm", "messages", "bytes",
-                  "messages_down", "messages_up", "bytes_down", "bytes_up", "messages_p2p", "bytes_p2p")
+                  "messages_down", "messages_up", "bytes_down", "bytes_up", "messages_p2p", "bytes_p2p",
+                  "transport_messages", "transport_bytes")
 DIVERGE_FACTOR = 100.0  # a loss above DIVERGE_FACTOR * ln(num_classes) (chance level) has exploded
 
 
@@ -160,7 +161,8 @@ class Recorder:
                 **self.last_eval, "messages": led.total_messages, "bytes": led.total_bytes,
                 "messages_down": led.messages["down"], "messages_up": led.messages["up"],
                 "bytes_down": led.bytes["down"], "bytes_up": led.bytes["up"], "messages_p2p": led.messages["p2p"],
-                "bytes_p2p": led.bytes["p2p"], "weight_norm": weight_norm(arrays)}, columns=self.columns)
+                "bytes_p2p": led.bytes["p2p"], "transport_messages": led.transport["messages"],
+                "transport_bytes": led.transport["bytes"], "weight_norm": weight_norm(arrays)}, columns=self.columns)
             log.info("[%s %d/%d] test_acc=%.4f test_loss=%.4f train_loss=%.4f lr=%.4g | %d msgs %.2f MB | %.1fs",
                      self.unit, rnd, self.total, self.last_eval.get("test_acc", math.nan),
                      self.last_eval.get("test_loss", math.nan), train_loss, lr, led.total_messages,
@@ -189,7 +191,8 @@ class Recorder:
 
 
 RESUMABLE_CHANGES = {"rounds", "strategy.epochs", "resume", "out_dir", "verbose", "checkpoint_every", "stop_after",
-                     "eval.every", "eval.batch_size", "sim.cpus_per_client", "sim.threads_per_client", "strategy.threads"}
+                     "eval.every", "eval.batch_size", "sim.cpus_per_client", "sim.threads_per_client", "strategy.threads",
+                     "sim.clients_per_worker"}
 
 
 def check_resume_config(cfg: Config, run_dir: RunDir) -> None:
@@ -213,6 +216,7 @@ def make_summary(cfg: Config, state: LoopState, last_eval: dict, status: str) ->
         "comm": {"messages": led.total_messages, "bytes": led.total_bytes, "messages_down": led.messages["down"],
                  "messages_up": led.messages["up"], "bytes_down": led.bytes["down"], "bytes_up": led.bytes["up"],
                  "messages_p2p": led.messages["p2p"], "bytes_p2p": led.bytes["p2p"],
+                 "transport_messages": led.transport["messages"], "transport_bytes": led.transport["bytes"],
                  "max_node_messages": max((v["messages"] for v in per_node.values()), default=0),
                  "per_node": per_node},
         "wall_time_s": state.wall_time_s, "sim_time_s": state.sim_time_s, "failures": state.failures,

@@ -17,21 +17,29 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
-import hashlib
 import io
 import json
 import logging
 import os
-import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+
+from fedlab_app.atomic import atomic_write, json_default, sha256_hex
+from fedlab_app.metrics_csv import (
+    ends_with_newline,
+    fmt_cell,
+    is_number,
+    last_round,
+    read_header,
+    round_of,
+    scan_metrics,
+)
+from fedlab_app.runlock import RunDirBusy, hold_lock  # noqa: F401 (RunDirBusy: part of this module's API)
 
 METRIC_COLUMNS = ["round", "wall_time_s", "sim_time_s", "lr", "clients", "local_steps", "failures", "train_loss", "train_acc",
                   "test_loss", "test_acc", "val_loss", "val_acc", "messages", "bytes", "messages_down",
@@ -45,36 +53,6 @@ def default_out_dir(strategy: str, dataset: str) -> Path:
     root = Path(os.environ.get("FEDLAB_RESULTS_DIR", "results/runs"))
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     return (root / f"{stamp}_{strategy}_{dataset}_{uuid.uuid4().hex[:4]}").resolve()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename; on failure (disk full...)
-    remove the temporary file and raise an OSError naming ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}", str(path)) from exc
-        raise
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class RunDirBusy(RuntimeError):
-    """Another live process holds the lock on the run directory."""
-
-
-_HELD: dict[str, int] = {}  # lock files held by this process -> nesting depth
-_HELD_GUARD = threading.Lock()
 
 
 class RunDir:
@@ -100,65 +78,19 @@ class RunDir:
         for d in (self.path, self.ckpt_dir, self.plots_dir):
             d.mkdir(parents=True, exist_ok=True)
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold an exclusive lock on the run directory (``.lock``, fcntl) for the ``with`` block.
-
-        The holder's PID is written into the lock file. The kernel drops the lock when its process
-        dies, so a run killed with ``kill -9`` leaves no stale lock. Re-entrant within one process
-        (the simulation holds it while its ServerApp thread asks for it again).
-
-        Raises
-        ------
-        RunDirBusy
-            At once, naming the holder's PID, when another process holds the lock.
-        OSError
-            Naming the path, when the directory cannot be created (e.g. ``out_dir`` is a file).
-        """
-        if self.path.exists() and not self.path.is_dir():
-            raise NotADirectoryError(20, f"{self.path} is an existing file, not a directory", str(self.path))
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path / ".lock"
-        key = str(lock_path.resolve())
-        with _HELD_GUARD:
-            nested = key in _HELD
-            if nested:
-                _HELD[key] += 1
-        if nested:
-            try:
-                yield
-            finally:
-                with _HELD_GUARD:
-                    _HELD[key] -= 1
-            return
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunDirBusy(f"{self.path} is in use by another run (PID {holder}); wait for it to end or "
-                             f"choose another out_dir") from None
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            with _HELD_GUARD:
-                _HELD[key] = 1
-            yield
-        finally:
-            with _HELD_GUARD:
-                _HELD.pop(key, None)
-            os.close(fd)  # releases the flock
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold an exclusive lock on the run directory for the ``with`` block (:func:`fedlab_app.runlock.hold_lock`)."""
+        return hold_lock(self.path)
 
     # ---------------------------------------------------------------- config / summary
     def write_config(self, nested: dict) -> None:
-        _atomic_write(self.path / "config.yaml", yaml.safe_dump(nested, sort_keys=False).encode())
+        atomic_write(self.path / "config.yaml", yaml.safe_dump(nested, sort_keys=False).encode())
 
     def read_config(self) -> dict:
         return yaml.safe_load((self.path / "config.yaml").read_text())
 
     def write_summary(self, summary: dict) -> None:
-        _atomic_write(self.path / "summary.json", json.dumps(summary, indent=2, default=_json_default).encode())
+        atomic_write(self.path / "summary.json", json.dumps(summary, indent=2, default=json_default).encode())
 
     def read_summary(self) -> dict:
         return json.loads((self.path / "summary.json").read_text())
@@ -183,19 +115,19 @@ class RunDir:
         """
         path = self.metrics_path
         size = path.stat().st_size if path.exists() else 0
-        if size and not _ends_with_newline(path, size):  # a half row left by a crash: never build on it
+        if size and not ends_with_newline(path, size):  # a half row left by a crash: never build on it
             log.warning("%s: dropping a half-written last line", path)
             size = path.read_bytes().rfind(b"\n") + 1
             os.truncate(path, size)
-        header = _read_header(path) if size else list(columns or METRIC_COLUMNS)
-        if size and "round" in row and (last := _last_round(path)) is not None and last >= int(row["round"]):
+        header = read_header(path) if size else list(columns or METRIC_COLUMNS)
+        if size and "round" in row and (last := last_round(path)) is not None and last >= int(row["round"]):
             log.warning("%s: dropping rows from round %d on, left by an earlier attempt", path, int(row["round"]))
             self.truncate_metrics(int(row["round"]) - 1)  # e.g. killed after a row, before its checkpoint
             size = path.stat().st_size
         if unknown := [k for k in row if k not in header]:
             raise ValueError(f"{path}: metrics key {unknown[0]!r} is not a column of the header ({', '.join(header)})")
-        cells = [str(_fmt(row.get(k))) for k in header]
-        if bad := next((k for k, c in zip(header, cells) if not _is_number(c)), None):
+        cells = [str(fmt_cell(row.get(k))) for k in header]
+        if bad := next((k for k, c in zip(header, cells) if not is_number(c)), None):
             raise ValueError(f"{path}: metrics value {bad}={row[bad]!r} is not a number")
         data = ("" if size else ",".join(header) + "\r\n") + ",".join(cells) + "\r\n"
         with open(path, "ab") as f:
@@ -216,7 +148,7 @@ class RunDir:
         """
         if not self.metrics_path.exists():
             return []
-        header, rows, partial = _scan_metrics(self.metrics_path)
+        header, rows, partial = scan_metrics(self.metrics_path)
         if partial is not None:
             log.warning("%s, line %d: ignoring a half-written last line", self.metrics_path, partial[0])
         for lineno, cells, err in rows:
@@ -238,10 +170,10 @@ class RunDir:
         path = self.metrics_path
         if not path.exists():
             return
-        header, rows, partial = _scan_metrics(path)
+        header, rows, partial = scan_metrics(path)
         keep, prev = [], 0
         for lineno, cells, err in rows + ([(*partial, "a half-written last line")] if partial else []):
-            rnd = _round_of(cells, header)
+            rnd = round_of(cells, header)
             if rnd is None or err:  # its round is unknown or its cells are bad: it is after prev
                 if (rnd if rnd is not None else prev + 1) > last_round:
                     break
@@ -251,7 +183,7 @@ class RunDir:
                 break
             keep.append(",".join(cells))
             prev = rnd
-        _atomic_write(path, "".join(line + "\r\n" for line in [",".join(header), *keep]).encode())
+        atomic_write(path, "".join(line + "\r\n" for line in [",".join(header), *keep]).encode())
         self._pending_row = None
 
     # ---------------------------------------------------------------- checkpoints
@@ -267,15 +199,15 @@ class RunDir:
         path = self.ckpt_dir / f"round_{server_round:04d}.pt"
         buf = io.BytesIO()
         torch.save({"round": server_round, "arrays": {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()},
-                    "state": json.dumps(state, default=_json_default), "extra": extra or {}}, buf)
+                    "state": json.dumps(state, default=json_default), "extra": extra or {}}, buf)
         data, placed = buf.getvalue(), False
         try:
             digests = self._read_digests()
             if digests.pop(path.name, None) is not None:  # never leave a digest that may not match
                 self._write_digests(digests)
-            _atomic_write(path, data)
+            atomic_write(path, data)
             placed = True
-            digests[path.name] = _sha256(data)
+            digests[path.name] = sha256_hex(data)
             self._write_digests(digests)
         except OSError:
             if placed:  # a checkpoint without its digest: drop it with its metrics row
@@ -297,7 +229,7 @@ class RunDir:
 
     def _write_digests(self, digests: dict[str, str]) -> None:
         text = "".join(f"{d}  checkpoints/{n}\n" for n, d in sorted(digests.items()))
-        _atomic_write(self.digests_path, text.encode())
+        atomic_write(self.digests_path, text.encode())
 
     def verify_checkpoint(self, path: str | Path) -> str | None:
         """None when ``path`` is intact, else why not (its sha256 differs, or it does not load)."""
@@ -308,7 +240,7 @@ class RunDir:
         except OSError as exc:
             return str(exc)
         if digest is not None:
-            return None if _sha256(data) == digest else f"sha256 differs from {self.digests_path.name}"
+            return None if sha256_hex(data) == digest else f"sha256 differs from {self.digests_path.name}"
         try:  # written before digests existed, or a crash came between the file and its digest
             torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 (any decoding error means damaged)
@@ -351,88 +283,3 @@ class RunDir:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         arrays = {k: v.numpy() for k, v in ckpt["arrays"].items()}
         return int(ckpt["round"]), arrays, json.loads(ckpt["state"]), ckpt.get("extra", {})
-
-
-def _read_header(path: Path) -> list[str]:
-    with open(path, "rb") as f:
-        first = f.readline()
-    try:
-        return first.decode().strip().split(",")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}, line 1: the header is not text") from None
-
-
-def _ends_with_newline(path: Path, size: int) -> bool:
-    with open(path, "rb") as f:
-        f.seek(size - 1)
-        return f.read(1) == b"\n"
-
-
-def _last_round(path: Path) -> int | None:
-    """The round of the last row of a metrics file that ends with a line end (None if unknown)."""
-    lines = path.read_bytes().rstrip(b"\r\n").rsplit(b"\n", 1)
-    if len(lines) < 2:
-        return None
-    try:
-        return int(float(lines[-1].split(b",", 1)[0]))
-    except ValueError:
-        return None
-
-
-def _is_number(cell: Any) -> bool:
-    try:
-        float(cell)
-    except (TypeError, ValueError):
-        return cell == ""
-    return True
-
-
-def _scan_metrics(path: Path) -> tuple[list[str], list[tuple[int, list[str] | None, str]], tuple | None]:
-    """(header, [(line number, cells, error or "")], (line number, cells or None) of a half-written last
-    line, or None)."""
-    lines = path.read_bytes().split(b"\n")
-    partial = None
-    if lines[-1]:  # no line end after the last line: cut by a crash; its round is known if a comma follows
-        text = lines[-1].decode(errors="replace")
-        partial = (len(lines), text.split(",") if "," in text else None)
-    lines = lines[:-1]
-    if not lines:
-        raise ValueError(f"{path}, line 1: no header")
-    header = _read_header(path)
-    rows = []
-    for i, raw in enumerate(lines[1:], start=2):
-        try:
-            cells = raw.decode().rstrip("\r").split(",")
-        except UnicodeDecodeError:
-            rows.append((i, None, "not text (garbage bytes)"))
-            continue
-        bad = next((f"{k}={c!r} is not a number" for k, c in zip(header, cells) if not _is_number(c)), "")
-        if len(cells) != len(header):
-            bad = f"{len(cells)} cells for {len(header)} columns"
-        rows.append((i, cells, bad))
-    return header, rows, partial
-
-
-def _round_of(cells: list[str] | None, header: list[str]) -> int | None:
-    try:
-        return int(float(cells[header.index("round")]))
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def _fmt(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}" if abs(v) < 1e15 else repr(v)
-    return v
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o)}")

@@ -39,6 +39,7 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point of the ServerApp (simulation and deployment alike)."""
     setup_logging()
     cfg = config.parse(context.run_config, strict=False)
+    config.check_paths(cfg)  # this machine's paths: a resume directory that exists, an out_dir that is no file
     run_dir = resolve_run_dir(cfg)
     with run_dir.lock():  # already held by this process under `fedlab run`; taken here under `flwr run`
         record_failure(run_dir, lambda: driver.run(cfg, grid, run_dir))

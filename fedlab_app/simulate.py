@@ -9,19 +9,28 @@ private Flower API, hence the ``flwr<1.42`` pin; ``tests/test_app_smoke.py`` gua
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
+import math
 import os
 import secrets
-import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from fedlab_app import config
+from flwr.app import Context, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.constant import NOOP_FEDERATION_ID
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supercore.telemetry import EventType
+
+import strategies
+from fedlab_app import config, driver, server_app
+from fedlab_app.interrupt import INTERRUPTED_EXIT, _first_sigint_raises, _stop_threads
+from fedlab_app.recorder import LoopState, make_summary
 from fedlab_app.results import RunDir, RunDirBusy
+from fedlab_app.splits import make_splits
 
 APP_DIR = Path(__file__).resolve().parents[1]  # holds pyproject.toml with [tool.flwr.app.config]
 
@@ -31,7 +40,7 @@ class PreflightError(RuntimeError):
     exceed the machine, or its run directory is unusable or in use by another run."""
 
 
-INTERRUPTED_EXIT = 130
+__all__ = ["APP_DIR", "INTERRUPTED_EXIT", "PreflightError", "preflight", "simulate"]
 
 
 def preflight(cfg: config.Config, simulation: bool = False) -> None:
@@ -42,8 +51,10 @@ def preflight(cfg: config.Config, simulation: bool = False) -> None:
     ``sim.cpus_per_client`` above this machine's cores: Ray would never place a client and the run
     would wait forever.
     """
-    from fedlab_app.splits import make_splits
-
+    try:
+        config.check_paths(cfg)
+    except config.ConfigError as exc:
+        raise PreflightError(str(exc)) from None
     cores = os.cpu_count() or 1
     if simulation and not cfg.sim.cpus_per_client <= cores:
         raise PreflightError(f"sim.cpus_per_client={cfg.sim.cpus_per_client} is more than this machine's "
@@ -79,13 +90,10 @@ def simulate(cfg: config.Config) -> dict:
     knows where the results are; a failed run is reported through ``summary["status"] == "failed"``,
     a Ctrl-C through ``"interrupted"`` (the clients and the ServerApp stopped, resumable).
     """
-    from fedlab_app import server_app
-    from fedlab_app import driver
-    from strategies import REGISTRY
-
     run_dir = server_app.resolve_run_dir(cfg)
-    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.path))
-    spec = REGISTRY[cfg.strategy.name]
+    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.path),
+                              sim=dataclasses.replace(cfg.sim, clients_per_worker=clients_per_worker(cfg)))
+    spec = strategies.REGISTRY[cfg.strategy.name]
     direct = driver.run if spec.mode is not None and not spec.mode.uses_nodes else None  # a mode without Flower
     with _locked(run_dir), _first_sigint_raises():
         try:
@@ -95,20 +103,30 @@ def simulate(cfg: config.Config) -> dict:
             return _write_interrupted(run_dir, cfg)
 
 
+def clients_per_worker(cfg: config.Config) -> int:
+    """How many virtual clients one simulated node holds and trains together (``sim.clients_per_worker``).
+
+    Auto (0): the synchronous strategies spread ``num_clients`` over as many nodes as Ray can run at
+    once (cores / ``sim.cpus_per_client``), so that each worker trains its clients in one fused
+    computation per round (``clients/fused.py``); modes whose nodes hold their own state (gossip,
+    async) and the centralized baseline keep one client per node.
+    """
+    if cfg.sim.clients_per_worker:
+        return cfg.sim.clients_per_worker
+    if strategies.REGISTRY[cfg.strategy.name].mode is not None:
+        return 1
+    workers = max(1, int((os.cpu_count() or 1) // cfg.sim.cpus_per_client))
+    return max(1, math.ceil(cfg.num_clients / workers))
+
+
 def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
     """Run ``cfg`` on Flower's simulation engine in this process; always returns with no thread left."""
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    from flwr.app import Context, RecordDict
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.simulation.run_simulation import _run_simulation
-    from flwr.supercore.constant import NOOP_FEDERATION_ID
-    from flwr.supercore.run import Run
-    from flwr.supercore.task_identity import TaskIdentity
-    from flwr.supercore.telemetry import EventType
-
-    from fedlab_app import server_app
+    from flwr.simulation.run_simulation import (
+        _run_simulation,  # starts Ray: imported only when simulating
+    )
 
     run_config = config.to_run_config(cfg)
     run = Run.create_empty(run_id=secrets.randbits(63))
@@ -129,7 +147,7 @@ def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
     server_app.setup_logging()
     before, error = set(threading.enumerate()), None
     try:
-        _run_simulation(num_supernodes=cfg.num_clients, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        _run_simulation(num_supernodes=math.ceil(cfg.num_clients / cfg.sim.clients_per_worker), exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                         client_app_attr="fedlab_app.client_app:app", server_app_attr="fedlab_app.server_app:app",
                         backend_config=backend_config, server_app_context=context, app_dir=str(APP_DIR),
                         is_app=True, run=run, verbose_logging=cfg.verbose)
@@ -153,8 +171,6 @@ def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
 
 def _run_direct(cfg: config.Config, run_dir: RunDir, run_fn) -> dict:
     """Run a non-Flower mode in this process with the same results handling as the ServerApp."""
-    from fedlab_app import server_app
-
     server_app.setup_logging()
     try:
         return server_app.record_failure(run_dir, lambda: run_fn(cfg, None, run_dir))
@@ -172,62 +188,8 @@ def _read_summary(run_dir: RunDir) -> dict:
         return {"status": "failed", "error": "the run wrote no summary.json", "out_dir": str(run_dir.path)}
 
 
-# ---------------------------------------------------------------- Ctrl-C and leftover threads
-class RunInterrupted(Exception):
-    """Raised inside a ServerApp thread that must stop (Ctrl-C, or its clients are gone)."""
-
-
-@contextlib.contextmanager
-def _first_sigint_raises() -> Iterator[None]:
-    """The first SIGINT raises KeyboardInterrupt (to stop cleanly); a second one exits at once with 130."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    hits = []
-
-    def handler(signum, frame):
-        if hits:
-            os.write(2, b"fedlab: interrupted again; exiting without cleaning up\n")
-            os._exit(INTERRUPTED_EXIT)
-        hits.append(signum)
-        if not logging.getLogger("flwr").isEnabledFor(logging.INFO):  # not verbose: hide the errors of
-            logging.getLogger("flwr").disabled = True  # Flower's workers whose actors are being stopped
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-        logging.getLogger("flwr").disabled = False
-
-
-def _stop_threads(before: set[threading.Thread], grace_s: float = 3.0, timeout_s: float = 30.0) -> bool:
-    """Stop the threads started since ``before`` that outlive the simulation; True if there were any.
-
-    Flower's simulation engine runs the ServerApp in a non-daemon thread that polls for replies; when
-    the engine stops first (Ctrl-C, a Ray failure), nothing answers and the thread would keep the
-    process alive forever. Each such thread gets :class:`RunInterrupted` raised in it (the CPython
-    API for asynchronous exceptions; delivered at its next Python bytecode) and is joined.
-    """
-    deadline = time.monotonic() + grace_s  # Flower's own workers end within ~1 s of its stop event
-    left = [t for t in threading.enumerate() if t not in before and not t.daemon]
-    for t in left:
-        t.join(max(0.0, deadline - time.monotonic()))
-    left = [t for t in left if t.is_alive()]
-    for t in left:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(RunInterrupted))
-    for t in left:
-        t.join(timeout_s)
-        if t.is_alive():
-            logging.getLogger("fedlab").error("thread %s did not stop", t.name)
-    return bool(left)
-
-
 def _write_interrupted(run_dir: RunDir, cfg: config.Config) -> dict:
     """Write summary.json with ``status: interrupted``, as of the last round saved (a checkpoint)."""
-    from fedlab_app.recorder import LoopState, make_summary
-
     rnd, state = 0, LoopState()
     try:
         if (ckpt := run_dir.last_checkpoint()) is not None:

@@ -163,8 +163,11 @@ class EvalCfg:
 class SimCfg:
     cpus_per_client: float = 1.0
     threads_per_client: int = 1
+    clients_per_worker: int = 0  # virtual clients one simulated node trains together (fused); 0: auto
 
     def validate(self, p: str) -> None:
+        check(self.clients_per_worker >= 0, f"{p}.clients_per_worker", self.clients_per_worker,
+              "0 (auto: num_clients over the workers the cores allow) or an integer >= 1")
         check(self.cpus_per_client > 0, f"{p}.cpus_per_client", self.cpus_per_client, "a number > 0")
         check(self.threads_per_client >= 1, f"{p}.threads_per_client", self.threads_per_client, "an integer >= 1")
 

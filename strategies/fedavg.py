@@ -106,7 +106,8 @@ class SeededSampling:
         by_pid = getattr(self, "partition_nodes", None)
         if not by_pid:
             return sample_clients(grid.get_node_ids(), fraction, minimum, seed, server_round)
-        return [by_pid[p] for p in sample_clients(by_pid, fraction, minimum, seed, server_round)]
+        self.sampled_pids = sample_clients(by_pid, fraction, minimum, seed, server_round)  # the messages' order
+        return [by_pid[p] for p in self.sampled_pids]
 
     def _record(self, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config, **self.extra_content(config)})

@@ -35,10 +35,16 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedlab_base.checks import check, check_choice
 from strategies.fedavg import Params as FedAvgParams
+from strategies.fedavg import (
+    SeededSampling,
+    sorted_contents,
+    to_numpy,
+    to_record,
+    weighted_average,
+)
 from strategies.fednova import fednova_a, fednova_aggregate
 from strategies.params import MomentumParams
 from strategies.step_weighted import step_weights
-from strategies.fedavg import SeededSampling, sorted_contents, to_numpy, to_record, weighted_average
 
 AGGREGATIONS = ("mean", "steps", "fednova")
 OPTIMIZER_KEY = "optimizer"  # the ArrayRecord with the averaged optimizer state sent to clients (average)

@@ -17,9 +17,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
 
+from clients.fused import ClientJob, FusedResult, fused_plan, train_fused
 from clients.optim import load_optimizer_state, optimizer_state
+from clients.train import round_first_epoch
 from strategies.fedavg import to_numpy, to_record
 from strategies.modes import RoundOut, RoundPlan
 
@@ -56,18 +58,62 @@ class SyncMode:
     def round(self, plan: RoundPlan, grid: Any) -> RoundOut:
         rnd, s = plan.rnd, self.strategy
         conf = ConfigRecord({k: v for k, v in plan.train_config(self.name).items() if k != "server-round"})
-        replies = grid.send_and_receive(s.configure_train(rnd, to_record(self.arrays), conf, grid))
-        ok = self.run.keep_ok(rnd, replies, grid)
+        msgs = list(s.configure_train(rnd, to_record(self.arrays), conf, grid))
+        if self.run.packing > 1:
+            replies, names = self._packed(msgs, list(s.sampled_pids), grid)
+            ok = self.run.keep_ok(rnd, replies, grid, names)
+        else:
+            replies = grid.send_and_receive(msgs)
+            ok = self.run.keep_ok(rnd, replies, grid)
         new, _ = s.aggregate_train(rnd, replies)
         if new is None:
             raise RuntimeError(f"round {rnd}: no client returned a result ({len(replies)} errors)")
         self.arrays = to_numpy(new)
         bytes_by_node = dict(grid.round_bytes)  # the training exchange only: federated evaluation is not timed
         if self.run.cfg.eval.fraction_clients > 0:
-            fed = s.aggregate_evaluate(rnd, grid.send_and_receive(
-                s.configure_evaluate(rnd, to_record(self.arrays), ConfigRecord(), grid)))
+            msgs = list(s.configure_evaluate(rnd, to_record(self.arrays), ConfigRecord(), grid))
+            if self.run.packing > 1:  # a node holds several clients: say which one evaluates
+                for pid, m in zip(s.sampled_pids, msgs):
+                    m.content["config"]["pid"] = pid
+            fed = s.aggregate_evaluate(rnd, grid.send_and_receive(msgs))
             self.run.log.info("round %d federated evaluation: %s", rnd, dict(fed or {}))
         return RoundOut(self.arrays, [dict(r.content["metrics"]) for r in ok], len(ok), bytes_by_node=bytes_by_node)
+
+    def _packed(self, msgs: list, pids: list[int], grid: Any) -> tuple[list, list[int]]:
+        """Send the virtual clients' messages packed, one per node; return one reply per virtual client.
+
+        All of a round's training messages hold the same records (model, config, server state), so
+        a node's transport message carries them once, with the list of its clients (``pids``). Its
+        reply holds ``arrays/<pid>`` and ``metrics/<pid>`` per client; each becomes the reply that
+        client would have sent, and the strategy aggregates those as usual. Counted: one logical
+        message per virtual client and direction, and the transport messages that crossed Flower.
+        """
+        by_node: dict[int, list[int]] = {}
+        for pid, m in zip(pids, msgs):
+            by_node.setdefault(m.metadata.dst_node_id, []).append(pid)
+        first = {m.metadata.dst_node_id: m for m in reversed(msgs)}
+        transport = []
+        for node, node_pids in by_node.items():
+            content = RecordDict(dict(first[node].content.items()))
+            content["config"] = ConfigRecord({**dict(content["config"]), "pids": node_pids})
+            transport.append(Message(content, dst_node_id=node, message_type="train"))
+        replies = grid.send_and_receive(transport, count=None)
+        rep_of = {grid.replier(r): r for r in replies}  # node id -> its reply
+        out = {pid: rep_of.get(node) for node, node_pids in by_node.items() for pid in node_pids}
+        virtual, names = [], []
+        for pid, m in zip(pids, msgs):
+            rep = out[pid]
+            if rep is None or rep.has_error():
+                reason = rep.error.reason if rep is not None else "no reply"
+                v = Message(Error(code=0, reason=f"node of client {pid}: {reason}"), reply_to=m)
+            else:
+                v = Message(RecordDict({"arrays": rep.content[f"arrays/{pid}"],
+                                        "metrics": rep.content[f"metrics/{pid}"]}), reply_to=m)
+            grid.count_virtual("down", pid, m)
+            grid.count_virtual("up", pid, v)
+            virtual.append(v)
+            names.append(pid)
+        return virtual, names
 
     def state(self) -> dict:
         return {"strategy": tree_torch(self.strategy.state())}
@@ -94,3 +140,53 @@ def client_fit(msg: Any, node: Any) -> Any:
             state.update({OPT_PREFIX + k: v for k, v in opt_state.items()})
     return node.reply(msg, ArrayRecord(state), res)
 
+
+def client_fit_block(msg: Any, nodes: list) -> Any:
+    """Train several virtual clients of one node from the received model, fused into one computation
+    when the model allows (``clients/fused.py``; else one after the other through ``node.fit``).
+
+    Each client keeps its own data order, step count, seed stream and optimizer state (keep: in the
+    node's ``context.state`` under its partition id); the reply holds ``arrays/<pid>`` and
+    ``metrics/<pid>`` for each, as :func:`client_fit` would have replied for it alone.
+    """
+    conf = msg.content["config"]
+    mode, lr = str(conf.get("momentum-mode", "reset")), float(conf["lr"])
+    rnd, epochs = int(conf["server-round"]), int(conf["local-epochs"])
+    start = msg.content["arrays"].to_torch_state_dict()
+    state = nodes[0].state
+
+    def carried(pid: int):
+        rec = state.get(f"{OPT_KEY}/{pid}") if mode == "keep" else msg.content.get(OPT_KEY) if mode == "average" else None
+        return None if rec is None else {k: v.numpy() for k, v in rec.items()}
+
+    try:
+        fused_plan(nodes[0].model)
+    except ValueError:  # BatchNorm or dropout: one client after the other, same maths as client_fit
+        results = []
+        for node in nodes:
+            node.model.load_state_dict(start)
+            opt = node.optimizer(lr)
+            if (c := carried(node.pid)) is not None:
+                load_optimizer_state(opt, c)
+            res = node.fit(opt, conf)
+            results.append(FusedResult({k: v.detach().clone() for k, v in node.model.state_dict().items()}, res,
+                                       optimizer_state(opt) if mode != "reset" else None))
+    else:
+        jobs = []
+        for node in nodes:
+            steps = int(conf["local-steps"][node.pid])
+            jobs.append(ClientJob(start, node.local.x, node.local.y, node.pid, node.cfg.seed,
+                                  round_first_epoch(rnd, epochs, steps), steps, epochs, carried(node.pid)))
+        n0 = nodes[0]
+        results = train_fused(n0.model, jobs, n0.local.norm, n0.cfg.optimizer, batch_size=n0.cfg.client.batch_size,
+                              lr=lr, augment=n0.local.augment, return_opt_state=mode != "reset")
+    content = {}
+    for node, r in zip(nodes, results):
+        arrays = {k: Array(v.detach().contiguous().numpy()) for k, v in r.state.items()}
+        if mode == "keep":
+            state[f"{OPT_KEY}/{node.pid}"] = ArrayRecord({k: Array(v) for k, v in r.opt_state.items()})
+        elif mode == "average":
+            arrays.update({OPT_PREFIX + k: Array(v) for k, v in r.opt_state.items()})
+        content[f"arrays/{node.pid}"] = ArrayRecord(arrays)
+        content[f"metrics/{node.pid}"] = node.metrics(r.result)
+    return Message(RecordDict(content), reply_to=msg)

@@ -139,7 +139,7 @@ def test_disk_cache_roundtrip_is_used_and_tracks_the_source(isolated, monkeypatc
     def boom(files):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(data, "_read_idx_dir", boom)
+    monkeypatch.setattr(data, "read_idx_dir", boom)
     second = load_dataset("mnist", data_dir=str(isolated / "d"), source="local")
     assert second is not first
     for f in ("x_train", "y_train", "x_test", "y_test", "num_classes", "mean", "std"):

@@ -21,7 +21,7 @@ def sim(out_dir, *overrides):
     summary = simulate(config.parse(config.flatten(compose(*BASE, *overrides, f"out_dir={out_dir}"))))
     rd = RunDir(out_dir)
     _, arrays, _, extra = RunDir.load_checkpoint(rd.last_checkpoint())
-    return summary, rd.read_metrics(), arrays, extra
+    return summary, rd.read_metrics(), arrays, extra["mode"]  # the gossip mode's checkpoint state
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("gossip")
     out = {"dpsgd": sim(base / "a", "strategy=dpsgd", "strategy.matrix=uniform", "rounds=2",
                         "strategy.node_eval_samples=200"),
-           "localsgd": sim(base / "b", "strategy=localsgd", "rounds=2"),
+           "localsgd": sim(base / "b", "strategy=localsgd", "rounds=2", "sim.clients_per_worker=1"),
            "gosgd": sim(base / "c", *GOSGD)}
     return out
 

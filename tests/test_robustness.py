@@ -341,8 +341,15 @@ def test_out_dir_that_is_a_file_is_refused_in_one_line(tmp_path):
     f.write_text("mine")
     proc = fedlab(*TINY, "rounds=1", f"out_dir={f}")
     assert proc.returncode == 2 and f.read_text() == "mine"
-    assert proc.stderr.strip().splitlines() == [f"fedlab: configuration error: out_dir={f} is an existing file; "
-                                                f"allowed: a directory (new or a run directory)"]
+    assert proc.stderr.strip().splitlines() == [f"fedlab: configuration error: out_dir='{f}' is invalid; "
+                                                f"allowed: a directory (this path is an existing file)"]
+
+
+def test_resume_that_is_neither_a_flag_nor_a_run_directory_is_refused(tmp_path):
+    proc = fedlab(*TINY, "rounds=1", f"out_dir={tmp_path / 'run'}", "resume=maybe")
+    assert proc.returncode == 2 and not (tmp_path / "run").exists() and not (tmp_path / "maybe").exists()
+    assert proc.stderr.strip().splitlines() == ["fedlab: configuration error: resume='maybe' is invalid; allowed: "
+                                                "true, false or the path of an existing run directory"]
 
 
 @needs_fmnist
