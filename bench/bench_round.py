@@ -4,7 +4,10 @@ Both do the same work per round: 10 IID Fashion-MNIST clients x 1 local epoch of
 lr 0.02, momentum 0.9) on LeNet-5, the example-weighted average, and one evaluation of the global
 model on the 10,000 test images. The plain loop runs it all in one process (no Flower, no Ray,
 shards pre-normalized to float32 tensors, sliced with a permutation); `fedlab run` is launched as
-the user launches it (a fresh process: Hydra, Ray, 2 client actors of 1 thread each).
+the user launches it (a fresh process: Hydra, Ray, 2 client actors of 1 thread each), twice: with the
+default packing (each actor trains its 5 clients together, fused: ``clients/fused.py``) and with
+``sim.clients_per_worker=1`` (one client per message). Launch to the end of round 1 is the time until
+round 1's metrics row is on disk; peak PSS is the whole process tree's, sampled every 0.25 s.
 
 Steady-state round time of fedlab = median of the differences of ``wall_time_s`` between
 consecutive rounds in metrics.csv, rounds 2..R (round 1 includes the actors' start and data load).
