@@ -11,6 +11,9 @@ Failure policy, one rule per mode (``Mode.tolerates_failures``): a failed reply 
 ClientApp that raised) is always logged and recorded in ``summary.json``'s ``failure_events``;
 a mode that tolerates failures goes on without the node (sync); the others stop the run at once
 with ``status: failed`` and an error naming the node and its reason (gossip, async).
+
+Where the work ran: a reply's optional ``worker`` metric (its machine or Ray node,
+:func:`fedlab_app.local.worker_id`) is counted into ``summary.json``'s ``workers`` ({id: replies}).
 """
 
 from __future__ import annotations
@@ -166,6 +169,7 @@ def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
         ctx.node_of = {pid: nodes[pid // ctx.packing] for pid in range(cfg.num_clients)}
         cgrid.node_names.update({n: (b if ctx.packing == 1 else f"node{b}") for b, n in nodes.items()})
     mode.start(ctx, arrays, extra.get("mode", {}))
+    workers: dict[str, int] = dict(extra.get("workers", {}))  # machine / Ray node -> replies it trained
     for rnd in range(rec.state.server_round + 1, total + 1):
         lr = ctx.lr(rnd)
         plan = RoundPlan(rnd, lr, cfg.client.local_epochs, ctx.planner.steps(rnd, lr))
@@ -179,13 +183,17 @@ def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
         else:
             by_node = out.bytes_by_node if out.bytes_by_node is not None else cgrid.round_bytes
             rec.state.sim_time_s += ctx.planner.round_time(out.metrics, by_node)
+        for m in out.metrics:
+            if "worker" in m:
+                key = f"{int(m['worker']):012x}"
+                workers[key] = workers.get(key, 0) + 1
         train_loss = mean_over_examples(out.metrics, "train-loss")
         ctx.planner.observe(train_loss)
         row = dict(out.row)
         if mode.uses_nodes:
             row["local_steps"] = sum(float(m["steps"]) for m in out.metrics) / max(len(out.metrics), 1)
         if rec.end_of_round(rnd, out.arrays, lr, out.clients, train_loss, mean_over_examples(out.metrics, "train-acc"),
-                            extra={"planner": ctx.planner.state(), "mode": mode.state()}, row=row):
+                            extra={"planner": ctx.planner.state(), "mode": mode.state(), "workers": workers}, row=row):
             break
-    rec.extra_summary = mode.finish()
+    rec.extra_summary = {**mode.finish(), **({"workers": workers} if workers else {})}
     return rec.finish()

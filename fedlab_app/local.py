@@ -7,6 +7,10 @@ trains through.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +24,23 @@ from fedlab_app.data import ImageData
 from fedlab_app.models import build_model, use_channels_last
 from fedlab_app.splits import client_shard, make_splits
 from fedlab_base.schema import Config
+
+
+@functools.cache
+def worker_id() -> int:
+    """The machine (or Ray node) this process trains on, as a number a MetricRecord can carry.
+
+    In a Ray worker (a simulation, possibly on a multi-machine cluster): the first 48 bits of its Ray
+    node id, so ``f"{worker_id():012x}"`` is the node id's 12-character prefix (what ``ray status`` and
+    ``ray.nodes()`` show in full); elsewhere (a deployed SuperNode): the first 48 bits of the SHA-1 of
+    the host name. Ray is never imported here: only a process that already runs in Ray asks it.
+    """
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        node = ray.get_runtime_context().get_node_id()
+    else:
+        node = hashlib.sha1(socket.gethostname().encode()).hexdigest()
+    return int(node[:12], 16)
 
 
 @dataclass(frozen=True)
@@ -82,7 +103,7 @@ class Node:
         return MetricRecord({"num-examples": len(self.local.y), "examples-processed": res.num_examples,
                              "steps": res.steps, "train-loss": res.loss, "train-acc": res.acc,
                              "compute-s": res.seconds, "partition-id": self.pid, "diverged": int(res.diverged),
-                             **extra})
+                             "worker": worker_id(), **extra})
 
     def reply(self, msg: Message, arrays: Any, res: TrainResult, **extra: Any) -> Message:
         """The reply to a training message: ``arrays`` (an ArrayRecord) and the metrics the driver reads."""

@@ -56,7 +56,7 @@ def preflight(cfg: config.Config, simulation: bool = False) -> None:
     except config.ConfigError as exc:
         raise PreflightError(str(exc)) from None
     cores = os.cpu_count() or 1
-    if simulation and not cfg.sim.cpus_per_client <= cores:
+    if simulation and not cfg.sim.ray_address and not cfg.sim.cpus_per_client <= cores:  # a cluster: Ray says
         raise PreflightError(f"sim.cpus_per_client={cfg.sim.cpus_per_client} is more than this machine's "
                              f"{cores} cores (os.cpu_count()); allowed: a number in (0, {cores}]")
     try:
@@ -109,14 +109,29 @@ def clients_per_worker(cfg: config.Config) -> int:
     Auto (0): the synchronous strategies spread ``num_clients`` over as many nodes as Ray can run at
     once (cores / ``sim.cpus_per_client``), so that each worker trains its clients in one fused
     computation per round (``clients/fused.py``); modes whose nodes hold their own state (gossip,
-    async) and the centralized baseline keep one client per node.
+    async), the centralized baseline and a run on a Ray cluster (``sim.ray_address``, whose cores this
+    machine cannot see) keep one client per node.
     """
     if cfg.sim.clients_per_worker:
         return cfg.sim.clients_per_worker
-    if strategies.REGISTRY[cfg.strategy.name].mode is not None:
+    if strategies.REGISTRY[cfg.strategy.name].mode is not None or cfg.sim.ray_address:  # a cluster: spread them
         return 1
     workers = max(1, int((os.cpu_count() or 1) // cfg.sim.cpus_per_client))
     return max(1, math.ceil(cfg.num_clients / workers))
+
+
+def ray_init_args(cfg: config.Config) -> dict:
+    """What Flower's RayBackend passes to ``ray.init``: a private instance with this machine's cores, or
+    (``sim.ray_address``) the address of a running cluster, whose nodes bring their own resources
+    (``ray.init`` refuses ``num_cpus`` when it joins one).
+
+    Joining a cluster, Flower sizes its actor pool from every node's CPUs, and each Ray worker gets
+    this process's ``sys.path`` as ``PYTHONPATH``: every machine needs the project at the same path.
+    """
+    args = {"include_dashboard": False, "logging_level": logging.INFO if cfg.verbose else logging.ERROR}
+    if cfg.sim.ray_address:
+        return {**args, "address": cfg.sim.ray_address}
+    return {**args, "num_cpus": os.cpu_count() or 1}
 
 
 def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
@@ -135,11 +150,8 @@ def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
     run.federation_id = NOOP_FEDERATION_ID
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run.run_id, SUPERLINK_NODE_ID
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
-    backend_config = {
-        "client_resources": {"num_cpus": cfg.sim.cpus_per_client, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
-                      "logging_level": logging.INFO if cfg.verbose else logging.ERROR},
-    }
+    backend_config = {"client_resources": {"num_cpus": cfg.sim.cpus_per_client, "num_gpus": 0.0},
+                      "init_args": ray_init_args(cfg)}
     quiet = logging.getLogger("flwr")
     old_level = quiet.level
     if not cfg.verbose:

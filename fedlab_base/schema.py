@@ -164,8 +164,11 @@ class SimCfg:
     cpus_per_client: float = 1.0
     threads_per_client: int = 1
     clients_per_worker: int = 0  # virtual clients one simulated node trains together (fused); 0: auto
+    ray_address: str = ""  # "": a private Ray instance; "auto" or "host:port": join that existing Ray cluster
 
     def validate(self, p: str) -> None:
+        check(self.ray_address.strip() == self.ray_address and " " not in self.ray_address, f"{p}.ray_address",
+              self.ray_address, '"" (a private Ray instance), "auto" or "host:port" of a running Ray cluster')
         check(self.clients_per_worker >= 0, f"{p}.clients_per_worker", self.clients_per_worker,
               "0 (auto: num_clients over the workers the cores allow) or an integer >= 1")
         check(self.cpus_per_client > 0, f"{p}.cpus_per_client", self.cpus_per_client, "a number > 0")
