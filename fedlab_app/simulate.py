@@ -131,7 +131,9 @@ def ray_init_args(cfg: config.Config) -> dict:
     args = {"include_dashboard": False, "logging_level": logging.INFO if cfg.verbose else logging.ERROR}
     if cfg.sim.ray_address:
         return {**args, "address": cfg.sim.ray_address}
-    return {**args, "num_cpus": os.cpu_count() or 1}
+    # "local": always a new private instance, even where `ray start` left a cluster (or its address file,
+    # /tmp/ray/ray_current_cluster) behind; ray.init() would otherwise try to join it and refuse num_cpus
+    return {**args, "address": "local", "num_cpus": os.cpu_count() or 1}
 
 
 def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:

@@ -73,7 +73,7 @@ def test_init_args_join_a_cluster_without_num_cpus():
     cfg = compose(["sim.ray_address=10.0.0.1:6379"])
     assert ray_init_args(cfg)["address"] == "10.0.0.1:6379" and "num_cpus" not in ray_init_args(cfg)
     private = ray_init_args(compose([]))
-    assert "address" not in private and private["num_cpus"] >= 1
+    assert private["address"] == "local" and private["num_cpus"] >= 1  # never joins a cluster by accident
 
 
 def test_simulation_spreads_over_two_ray_nodes(tmp_path):
