@@ -11,6 +11,8 @@
                                           one self-contained HTML page: varying config, CI table, every plot
     fedlab landscape RUN_DIR... [--out DIR] [--grid N] [--samples N] [--filter-norm]
                                           loss contours on the trajectories' first two PCA axes (from checkpoints)
+    fedlab reproduce STUDY [--seeds N] [--dry-run] [--max-jobs N] [--jobs N] [key=value ...]
+                                          every job of conf/experiment/STUDY.yaml, resumably; table, plots, report
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import threading
 import time
 
 from fedlab_app import config, report
+from fedlab_app import reproduce as reproduce_study
 from fedlab_app.compare import compare
 from fedlab_app.compose import CONF_DIR, register_resolvers
 from fedlab_app.deploy_cli import main as deploy_main
@@ -167,6 +170,11 @@ def _landscape(argv: list[str]) -> int:
     return 0
 
 
+def _reproduce(argv: list[str]) -> int:
+    """``fedlab reproduce ...``: see :mod:`fedlab_app.reproduce`."""
+    return reproduce_study.main(argv)
+
+
 def main() -> None:
     """Entry point of the ``fedlab`` script."""
     args = sys.argv[1:]
@@ -189,5 +197,7 @@ def main() -> None:
         raise SystemExit(_landscape(rest))
     if cmd == "deploy":
         raise SystemExit(deploy_main(rest))
-    print(f"fedlab: unknown command {cmd!r}; allowed: run, plot, compare, report, landscape, deploy\n{USAGE}", file=sys.stderr)
+    if cmd == "reproduce":
+        raise SystemExit(_reproduce(rest))
+    print(f"fedlab: unknown command {cmd!r}; allowed: run, plot, compare, report, landscape, deploy, reproduce\n{USAGE}", file=sys.stderr)
     raise SystemExit(2)

@@ -1,0 +1,162 @@
+"""``fedlab reproduce``: the job plan of a study, skipping done runs, resuming the rest (fake runner), every
+study's jobs composing to valid configs, and (slow) a tiny study stopped midway and restarted: no run twice."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose, needs_fmnist
+
+from fedlab_app import config
+from fedlab_app.reproduce import Job, job_status, load_study, main, plan_jobs, run_jobs
+
+TESTS_CONF = ROOT / "tests" / "conf"
+STUDIES = ("unequal_steps", "dynamic_steps", "localsgd_slowmo")
+
+
+def _plan(tmp_path: Path) -> list[Job]:
+    return plan_jobs("tiny_repro", load_study("tiny_repro", TESTS_CONF), 2, tmp_path, TESTS_CONF)
+
+
+def _write_summary(job: Job, status: str) -> None:
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    (job.out_dir / "summary.json").write_text(json.dumps({"status": status, "final": {"test_acc": 0.5}}))
+
+
+def test_plan_has_every_cell_and_seed_with_its_own_run_dir(tmp_path):
+    jobs = _plan(tmp_path)
+    assert [j.name for j in jobs] == ["mean_seed0", "mean_seed1", "slowmo_seed0", "slowmo_seed1"]
+    slowmo1 = jobs[3]
+    assert slowmo1.out_dir == tmp_path / "runs" / "slowmo_seed1"
+    assert slowmo1.overrides[0] == f"hydra.searchpath=[file://{TESTS_CONF.resolve()}]"
+    assert slowmo1.overrides[1:] == ("+experiment=tiny_repro", "strategy=slowmo", "seed=1",
+                                     f"out_dir={tmp_path / 'runs' / 'slowmo_seed1'}", "resume=true")
+    cfg = config.parse(config.flatten(compose(*slowmo1.overrides)))  # the job's config, as `fedlab run` sees it
+    assert (cfg.strategy.name, cfg.seed, cfg.num_clients, cfg.rounds, cfg.dataset.limit_train) == ("slowmo", 1, 2, 3, 600)
+
+
+def test_cells_option_keeps_the_matching_cells(tmp_path):
+    block = load_study("tiny_repro", TESTS_CONF)
+    jobs = plan_jobs("tiny_repro", block, 3, tmp_path, TESTS_CONF, cells="slow*")
+    assert [j.name for j in jobs] == ["slowmo_seed0", "slowmo_seed1", "slowmo_seed2"]
+    assert plan_jobs("tiny_repro", block, 1, tmp_path, TESTS_CONF, cells="none*") == []
+
+
+def test_done_runs_are_skipped_and_the_others_continued(tmp_path):
+    """finished and diverged: skipped; stopped and never started: run (resume=true), each once."""
+    jobs = _plan(tmp_path)
+    _write_summary(jobs[0], "finished")
+    _write_summary(jobs[1], "diverged")
+    _write_summary(jobs[2], "stopped")
+    calls, lines = [], []
+
+    def fake_runner(job: Job, log: Path) -> int:
+        calls.append(job.name)
+        assert "resume=true" in job.overrides
+        _write_summary(job, "finished")
+        return 0
+
+    ran, left = run_jobs(jobs, tmp_path, max_jobs=1, runner=fake_runner, echo=lines.append)
+    assert calls == ["slowmo_seed0"] and [j.name for j in left] == ["slowmo_seed1"]
+    assert "[1/4] skip mean_seed0 (finished)" in lines and "[2/4] skip mean_seed1 (diverged)" in lines
+    assert any("slowmo_seed0 is stopped: continuing" in line for line in lines)
+    ran, left = run_jobs(jobs, tmp_path, parallel=2, runner=fake_runner, echo=lines.append)
+    assert calls == ["slowmo_seed0", "slowmo_seed1"] and left == [] and [j.name for j in ran] == ["slowmo_seed1"]
+    ran, left = run_jobs(jobs, tmp_path, runner=fake_runner, echo=lines.append)
+    assert ran == [] and left == [] and len(calls) == 2
+    assert job_status(jobs[3]) == "finished"
+
+
+def test_a_failed_run_is_run_again_and_reported(tmp_path, capsys):
+    jobs = _plan(tmp_path)
+    for job in jobs[1:]:
+        _write_summary(job, "finished")
+    _write_summary(jobs[0], "failed")
+
+    def failing(job: Job, log: Path) -> int:
+        _write_summary(job, "failed")
+        return 1
+
+    ran, left = run_jobs(jobs, tmp_path, runner=failing, echo=lambda s: None)
+    assert [j.name for j in ran] == [j.name for j in left] == ["mean_seed0"]
+
+
+def test_unknown_study_and_study_without_block_exit_2(tmp_path, capsys):
+    assert main(["no_such_study", "--conf", str(TESTS_CONF)]) == 2
+    assert "no study 'no_such_study'" in capsys.readouterr().err
+    assert main(["localsgd_grid"]) == 2  # an experiment without a _reproduce block
+    assert "_reproduce.cells" in capsys.readouterr().err
+
+
+def test_dry_run_lists_jobs_and_runs_nothing(tmp_path, capsys):
+    assert main(["tiny_repro", "--conf", str(TESTS_CONF), "--out", str(tmp_path), "--seeds", "3", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells x 3 seeds = 6 jobs" in out and "[6/6] slowmo_seed2 (not started)" in out
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_every_job_of_the_committed_studies_is_a_valid_config(study, tmp_path):
+    block = load_study(study)
+    jobs = plan_jobs(study, block, 1, tmp_path)
+    assert len(jobs) == len(block["cells"]) >= 6
+    for job in jobs:
+        cfg = config.parse(config.flatten(compose(*job.overrides)))
+        assert cfg.seed == 0 and cfg.out_dir == str(job.out_dir)
+
+
+def _reproduce(out: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", "from fedlab_app.cli import main; main()", "reproduce", "tiny_repro",
+           "--conf", str(TESTS_CONF), "--out", str(out), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_stopped_midway_and_restarted_no_run_done_twice(tmp_path):
+    """Two of four jobs run and stop after round 1 (--max-jobs 2 stop_after=1); the restart continues them
+    from their checkpoint (their round-1 row is kept, not recomputed) and runs the other two; a third call
+    runs nothing (no file of a run changes) and writes the table, plots and report."""
+    first = _reproduce(tmp_path, "--max-jobs", "2", "stop_after=1")
+    assert first.returncode == 3, first.stdout + first.stderr
+    runs = tmp_path / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["mean_seed0", "mean_seed1"]
+    round1 = {}
+    for name in ("mean_seed0", "mean_seed1"):
+        assert json.loads((runs / name / "summary.json").read_text())["status"] == "stopped"
+        round1[name] = _rows(runs / name)
+        assert [r["round"] for r in round1[name]] == ["1"]
+    second = _reproduce(tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "mean_seed0 is stopped: continuing it from its last checkpoint" in second.stdout
+    assert "[4/4] start slowmo_seed1" in second.stdout
+    mtimes = {}
+    for name in ("mean_seed0", "mean_seed1", "slowmo_seed0", "slowmo_seed1"):
+        rows = _rows(runs / name)
+        assert [r["round"] for r in rows] == ["1", "2", "3"], name
+        if name in round1:  # resumed, not redone: the round-1 row (its wall time included) is untouched
+            assert rows[0] == round1[name][0]
+        summary = json.loads((runs / name / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["rounds"] == 3
+        mtimes[name] = [(p, p.stat().st_mtime_ns) for p in (runs / name).rglob("*") if p.is_file()]
+    third = _reproduce(tmp_path)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert third.stdout.count(" skip ") == 4 and " start " not in third.stdout
+    for name, files in mtimes.items():
+        assert [(p, p.stat().st_mtime_ns) for p, _ in files] == files, f"{name} was touched again"
+    for name in ("compare.csv", "groups.csv", "curves.png", "report.html"):
+        assert (tmp_path / name).stat().st_size > 0
+    with open(tmp_path / "groups.csv") as f:
+        groups = list(csv.DictReader(f))
+    assert len(groups) == 2 and all(g["n"] == "2" for g in groups)
