@@ -177,11 +177,11 @@ def _summary(job: Job) -> dict:
         return {}
 
 
-def write_outputs(study: str, block: dict, out: Path, echo=print) -> list[Path]:
-    """``fedlab compare`` (flat table, seeds pooled) and ``fedlab report`` (+ screenshot) of ``out/runs``."""
-    runs, target = str(Path(out) / "runs"), block.get("target")
-    compare([runs], out=str(out), flat=True, target=target)
-    page = build_report([runs], str(Path(out) / "report.html"), target, block.get("title") or f"fedlab reproduce {study}")
+def write_outputs(study: str, block: dict, out: Path, jobs: list[Job], echo=print) -> list[Path]:
+    """``fedlab compare`` (flat table, seeds pooled) and ``fedlab report`` (+ screenshot) of the ``jobs``' runs."""
+    runs, target = [str(j.out_dir) for j in jobs], block.get("target")
+    compare(runs, out=str(out), flat=True, target=target)
+    page = build_report(runs, str(Path(out) / "report.html"), target, block.get("title") or f"fedlab reproduce {study}")
     written = [Path(out) / f for f in ("compare.csv", "groups.csv", "curves.png")] + [page]
     if find_chromium() is None:
         echo("no Chromium found: report.png not rendered (apt-get install -y chromium)")
@@ -204,8 +204,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--max-jobs", type=int, default=0, help="run at most N jobs now, leave the rest for later")
     ap.add_argument("--jobs", type=int, default=1, help="jobs run at the same time (default 1)")
     ap.add_argument("--out", help="results folder (default results/<study>)")
-    ap.add_argument("--cells", default="", help="only these cells: comma-separated patterns, e.g. '*_K4_*'; "
-                    "the table then holds the runs under <out>/runs")
+    ap.add_argument("--cells", default="", help="only these cells: comma-separated patterns, e.g. '*_K4_*' "
+                    "(the table and report then show only their runs)")
     ap.add_argument("--conf", default=str(CONF_DIR), help="config folder holding experiment/<study>.yaml")
     args = ap.parse_intermixed_args(argv)  # overrides may come after the options
     try:
@@ -235,6 +235,6 @@ def main(argv: list[str]) -> int:
         print(f"{len(left)} of {len(jobs)} jobs not done ({', '.join(j.name for j in left[:6])}"
               f"{', ...' if len(left) > 6 else ''}); run the same command again to continue")
         return 1 if failed else 3
-    for path in write_outputs(args.study, block, out):
+    for path in write_outputs(args.study, block, out, jobs):
         print(f"written: {path}")
     return 0
