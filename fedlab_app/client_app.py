@@ -10,6 +10,11 @@ globals (it lives in the node's ``context.state``).
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -22,6 +27,30 @@ from strategies import sync
 
 app = ClientApp()
 FITS = strategies.client_fits()
+LOADED = time.time()  # this module imported (after Python, Flower's runtime, the FAB install, torch)
+TIMELINE = "FEDLAB_TIMELINE"  # a file: each training message appends its timeline to it (bench/bench_deploy.py)
+_SEEN: list[float] = []  # this process's training messages so far (only with FEDLAB_TIMELINE)
+
+
+def process_start() -> float:
+    """When this process started (Unix time; Linux ``/proc``, else this module's import time)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return LOADED
+
+
+def _log_timeline(conf, t_handler: float, t_data: float, t_trained: float) -> None:
+    """Append one JSON line: process start, imports done, handler start, data + model loaded, trained."""
+    if path := os.environ.get(TIMELINE):
+        _SEEN.append(t_handler)  # the n-th message of this process (deployed: always the first)
+        with open(path, "a") as f:
+            f.write(json.dumps({"round": int(conf.get("server-round", 0)), "pid": os.getpid(), "nth": len(_SEEN),
+                                "start": process_start(), "loaded": LOADED, "handler": t_handler,
+                                "data": t_data, "trained": t_trained}) + "\n")
 
 
 def node_for(msg: Message, context: Context, pid: int | None = None) -> Node:
@@ -56,9 +85,17 @@ def train_handler(msg: Message, context: Context) -> Message:
     mode = str(conf.get("mode", ""))
     if mode not in FITS:
         raise ValueError(f"train message with mode={mode!r}; this node knows: {', '.join(sorted(FITS))}")
+    t0 = time.time()
     if "pids" in conf:  # several virtual clients of this node, trained together
-        return sync.client_fit_block(msg, [node_for(msg, context, int(p)) for p in conf["pids"]])
-    return FITS[mode](msg, node_for(msg, context))
+        nodes = [node_for(msg, context, int(p)) for p in conf["pids"]]
+        t1 = time.time()
+        reply = sync.client_fit_block(msg, nodes)
+    else:
+        node = node_for(msg, context)
+        t1 = time.time()
+        reply = FITS[mode](msg, node)
+    _log_timeline(conf, t0, t1, time.time())
+    return reply
 
 
 @app.evaluate()

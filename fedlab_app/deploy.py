@@ -29,6 +29,7 @@ from fedlab_app.results import RunDir
 DEFAULT_DIR = Path(".fedlab-deploy")
 CONNECTION = "fedlab"
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr live beside this Python
+SUPEREXEC_POLL_S = "0.1"  # how often a SuperExec asks for a task to start (Flower's default: 1 s, per message)
 
 
 def make_certs(out: Path, hosts: list[str]) -> dict[str, Path]:
@@ -85,7 +86,8 @@ def make_node_key(path: Path) -> tuple[Path, Path]:
 
 def flwr_env(d: Path) -> dict[str, str]:
     """Environment for every Flower process of deployment ``d`` (its own FLWR_HOME; no runtime installs)."""
-    return {**os.environ, "FLWR_HOME": str((d / "flwr_home").resolve()), "FLWR_TELEMETRY_ENABLED": "0",
+    return {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S, **os.environ,
+            "FLWR_HOME": str((d / "flwr_home").resolve()), "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # SuperLink/SuperNode start flower-superexec
 
@@ -157,6 +159,7 @@ def start_superlink(d: Path, host: str, port: int, tls: bool, auth: bool) -> sub
         cmd.append("--insecure")
     if auth:
         cmd.append("--enable-supernode-auth")
+    cmd += ["--database", str((d / "superlink.db").resolve())]  # registered nodes survive a restart
     write_connection(d, f"{host}:{port}", ca)
     proc = start_process(d, "superlink", cmd)
     wait_port(host, port)
@@ -194,7 +197,28 @@ def up(d: Path, nodes: int, host: str = "127.0.0.1", port: int = 9300, tls: bool
     return load_state(d)
 
 
+def restart(d: Path, wait: float = 60.0) -> list[str]:
+    """Start again every process of deployment ``d`` that is no longer running (same command, same
+    logs), the SuperLink first; returns their names. The SuperLink's database keeps the registered
+    node keys and node ids, so the SuperNodes, which retry on their own, carry on with it."""
+    state = load_state(d)
+    dead = [p for p in state["processes"] if not _alive(p["pid"])]
+    state["processes"] = [p for p in state["processes"] if _alive(p["pid"])]
+    save_state(d, state)
+    for p in sorted(dead, key=lambda p: p["name"] != "superlink"):
+        start_process(d, p["name"], p["cmd"])
+        if p["name"] == "superlink":
+            host, port = state["address"].rsplit(":", 1)
+            wait_port(host, int(port), wait)
+    return [p["name"] for p in dead]
+
+
 def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child, exited: reaped (not left a zombie)
+            return False
+    except ChildProcessError:  # not our child
+        pass
     try:
         os.kill(pid, 0)
         return True

@@ -19,6 +19,8 @@ HELP = """fedlab deploy: run the app on a real SuperLink and SuperNodes
         a local federation: certificates, node keys (registered), SuperLink + SuperNodes in the background
   fedlab deploy run [--dir D] [key=value ...]   the experiment (Hydra overrides) on that federation
   fedlab deploy status [--dir D]                processes and SuperNodes
+  fedlab deploy restart [--dir D]               start again what has stopped (e.g. a killed SuperLink);
+                                                then `fedlab deploy run out_dir=<run> resume=true` continues
   fedlab deploy down [--dir D]                  stop every process `up` started, by PID
   fedlab deploy certs --out DIR --host HOST...  a CA and a SuperLink certificate for real machines
   fedlab deploy key --out PATH                  a SuperNode key pair (PATH, PATH.pub) to register
@@ -59,6 +61,11 @@ def main(argv: list[str]) -> int:
     if cmd == "down":
         a = ap.parse_args(rest)
         print(f"stopped {len(deploy.down(a.dir))} processes")
+        return 0
+    if cmd == "restart":
+        a = ap.parse_args(rest)
+        names = deploy.restart(a.dir)
+        print(f"restarted: {', '.join(names) or 'nothing (every process runs)'}")
         return 0
     if cmd == "status":
         a = ap.parse_args(rest)

@@ -2,7 +2,8 @@
 
 The test starts both Ray nodes itself (``ray start --block``, each in its own process group, 1 CPU
 each, so Flower's actor pool gets one actor per node), runs ``fedlab run sim.ray_address=<head>`` with
-4 clients of one message each, checks that ``summary.json``'s ``workers`` names both Ray nodes (by
+4 clients of one message each (the head in its own ``--temp-dir``, so that no address file is left in
+``/tmp/ray`` for other processes' ``ray.init()`` to find), checks that ``summary.json``'s ``workers`` names both Ray nodes (by
 their node ids' 12-character prefixes), and stops both nodes by PID. It never runs ``ray stop``, which
 would stop every Ray instance of this user. Slow (two Ray nodes and a simulation): ``pytest -m slow``.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,9 +65,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _ray_node_ids(address: str) -> list[str]:
     """The alive nodes' ids of the cluster at ``address`` (asked in a separate driver process)."""
-    code = ("import ray, json; ray.init(address=%r, logging_level='ERROR'); "
-            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % address)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    code = (f"import ray, json; ray.init(address={address!r}, logging_level='ERROR'); "
+            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -79,8 +82,9 @@ def test_init_args_join_a_cluster_without_num_cpus():
 def test_simulation_spreads_over_two_ray_nodes(tmp_path):
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    head = _start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--include-dashboard=false"],
-                  tmp_path / "head.log")
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX
+    head = _start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--include-dashboard=false",
+                   "--temp-dir", temp], tmp_path / "head.log")
     procs = [head]
     try:
         t0 = time.monotonic()
@@ -98,7 +102,7 @@ def test_simulation_spreads_over_two_ray_nodes(tmp_path):
         out = tmp_path / "run"
         res = subprocess.run([FEDLAB, "run", f"sim.ray_address={address}", "num_clients=4", "rounds=2",
                               "sim.clients_per_worker=1", "dataset.limit_train=800", "client.batch_size=64",
-                              f"out_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                              f"out_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["status"] == "finished"
@@ -108,4 +112,5 @@ def test_simulation_spreads_over_two_ray_nodes(tmp_path):
     finally:
         for p in reversed(procs):
             _stop(p)
+        shutil.rmtree(temp, ignore_errors=True)
     assert all(p.poll() is not None for p in procs)
