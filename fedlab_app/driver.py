@@ -196,7 +196,9 @@ def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
                                       run_dir.plots_dir / "label_distribution.png",
                                       f"{cfg.dataset.name}, partition={cfg.partition.name}: labels per client")
         nodes = discover(grid, wait_for_nodes(grid, math.ceil(cfg.num_clients / ctx.packing)))
-        ctx.node_of = {pid: nodes[pid // ctx.packing] for pid in range(cfg.num_clients)}
+        p = ctx.packing  # one client per node: every node as it answered, a misconfigured one too (its
+        # ClientApp then fails with its own error, recorded); p clients per node: the blocks that answered
+        ctx.node_of = dict(nodes) if p == 1 else {i: nodes[i // p] for i in range(cfg.num_clients) if i // p in nodes}
         cgrid.node_names.update({n: (b if ctx.packing == 1 else f"node{b}") for b, n in nodes.items()})
     mode.start(ctx, arrays, extra.get("mode", {}))
     workers: dict[str, int] = dict(extra.get("workers", {}))  # machine / Ray node -> replies it trained
