@@ -86,7 +86,7 @@ def make_node_key(path: Path) -> tuple[Path, Path]:
 
 def flwr_env(d: Path) -> dict[str, str]:
     """Environment for every Flower process of deployment ``d`` (its own FLWR_HOME; no runtime installs)."""
-    return {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S, **os.environ,
+    return {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S, "FEDLAB_REPLY_POLL_S": "0.1", **os.environ,
             "FLWR_HOME": str((d / "flwr_home").resolve()), "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # SuperLink/SuperNode start flower-superexec

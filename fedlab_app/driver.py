@@ -44,7 +44,7 @@ from strategies.modes import RoundPlan, mean_over_examples
 log = logging.getLogger("fedlab")
 NODE_WAIT_S = 60.0  # how long the server waits for num_clients nodes to connect
 # how often a blocking exchange asks for its replies (Flower 1.41's deployed grid: 3 s; 3 reproduces it)
-REPLY_POLL_S = float(os.environ.get("FEDLAB_REPLY_POLL_S", "0.1"))
+REPLY_POLL_S = float(os.environ.get("FEDLAB_REPLY_POLL_S", "0") or 0)  # > 0: PromptGrid (`fedlab deploy` sets 0.1)
 
 
 class NodeFailure(RuntimeError):
@@ -186,7 +186,7 @@ def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
     rec = Recorder(cfg, run_dir, total, getattr(mode, "unit", "round"), columns=mode.columns)
     arrays, extra = rec.start()
     arrays = arrays if arrays is not None else initial_arrays(cfg)
-    grid = PromptGrid(grid) if mode.uses_nodes else None
+    grid = (PromptGrid(grid) if REPLY_POLL_S > 0 else grid) if mode.uses_nodes else None
     cgrid = CountingGrid(grid, rec.state.ledger) if mode.uses_nodes else None
     ctx = RunContext(cfg, rec, cgrid, mode, total)
     ctx.planner.load_state(extra.get("planner", {}))
