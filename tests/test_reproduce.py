@@ -17,7 +17,7 @@ from fedlab_app import config
 from fedlab_app.reproduce import Job, job_status, load_study, main, plan_jobs, run_jobs
 
 TESTS_CONF = ROOT / "tests" / "conf"
-STUDIES = ("unequal_steps", "dynamic_steps", "localsgd_slowmo")
+STUDIES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if "_reproduce:" in p.read_text())
 
 
 def _plan(tmp_path: Path) -> list[Job]:
@@ -99,6 +99,11 @@ def test_dry_run_lists_jobs_and_runs_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 cells x 3 seeds = 6 jobs" in out and "[6/6] slowmo_seed2 (not started)" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_six_studies_have_reproduce_blocks():
+    assert set(STUDIES) >= {"large_batch", "localsgd_slowmo", "unequal_steps", "dynamic_steps", "async_sgd",
+                            "gossip_fedavg"}
 
 
 @pytest.mark.parametrize("study", STUDIES)
