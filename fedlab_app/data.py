@@ -4,17 +4,19 @@
 Local sources: the four original IDX files for ``fashion_mnist``/``mnist`` (``.gz`` or raw);
 ``cifar10_jpeg.npz`` (the offline JPEG copy, see shared/data/README.md) or the original
 ``cifar-10-batches-py`` directory for ``cifar10``. ``cifar100`` comes from the hub only.
-Decoded arrays are cached in ``$FEDLAB_CACHE_DIR`` (default ``~/.cache/fedlab``) as one
-uncompressed ``.npz`` per data set and source fingerprint, and in memory per process.
+Decoded arrays are cached in ``$FEDLAB_CACHE_DIR`` (default ``~/.cache/fedlab``) as one directory of
+``.npy`` files per data set and source fingerprint, memory-mapped read-only (one copy in the page cache
+for every process of a run), and per process.
 Partitioning lives in ``fedlab_app.partition``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
+import json
 import os
+import shutil
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -56,8 +58,9 @@ _HOWTO = {
 }
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: a directory of .npy files, memory-mapped
 _CACHE_KEYS = ("x_train", "y_train", "x_test", "y_test", "mean", "std", "num_classes")
+_MAPPED = ("x_train", "y_train", "x_test", "y_test")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -135,30 +138,62 @@ def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(means), tuple(stds)
 
 
-def _cached(name: str, key: str, read) -> dict:
-    """Load arrays from the disk cache, or ``read()`` them, add stats and store atomically."""
-    path = _cache_dir() / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
-    if path.is_file():
+def _read_cache(path: Path) -> dict | None:
+    """The arrays of a cache directory, the large ones memory-mapped read-only; None if any is missing,
+    cut short or unreadable (the manifest holds each file's size: a truncated file is never trusted)."""
+    try:
+        sizes = json.loads((path / "manifest.json").read_text())
+        arrays = {}
+        for k in _CACHE_KEYS:
+            f = path / f"{k}.npy"
+            if f.stat().st_size != sizes[k]:
+                return None
+            arrays[k] = np.load(f, mmap_mode="r" if k in _MAPPED else None, allow_pickle=False)
+        return arrays
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_cache(path: Path, arrays: dict) -> None:
+    """Write ``arrays`` as ``path/<key>.npy`` + ``manifest.json``, atomically: into a temporary directory
+    that is then renamed, so that a concurrent reader sees no directory or a complete one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.mkdir(parents=True)
+        for k, a in arrays.items():
+            np.save(tmp / f"{k}.npy", a, allow_pickle=False)
+        sizes = {k: (tmp / f"{k}.npy").stat().st_size for k in arrays}
+        (tmp / "manifest.json").write_text(json.dumps(sizes))
+        if path.exists():  # a broken entry (a complete one was read before we got here)
+            shutil.rmtree(path, ignore_errors=True)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in _CACHE_KEYS}
-        except Exception:  # noqa: BLE001 (truncated or foreign file: decode again, overwrite)
-            pass
+            os.rename(tmp, path)
+        except OSError:  # another process has just written it: keep theirs
+            if _read_cache(path) is None:
+                raise
+    except OSError as err:  # read-only home, disk full: keep going without a disk cache
+        warnings.warn(f"fedlab: could not write the data cache {path}: {err}", stacklevel=4)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached(name: str, key: str, read) -> dict:
+    """Load arrays from the disk cache, or ``read()`` them, add stats and store atomically.
+
+    The cache is a directory of ``.npy`` files whose image arrays are memory-mapped: every process of a
+    run (server, Ray workers) shares one copy in the page cache instead of holding its own, and a
+    process only touches the pages of the samples it uses.
+    """
+    path = _cache_dir() / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+    arrays = _read_cache(path)
+    if arrays is not None:
+        return arrays
     xtr, ytr, xte, yte = read()
     mean, std = _channel_stats(xtr)
     arrays = dict(x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, mean=np.array(mean),
                   std=np.array(std), num_classes=np.array(int(max(ytr.max(), yte.max())) + 1))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)  # atomic: concurrent readers see the old or the full file
-    except OSError as err:  # read-only home, disk full: keep going without a disk cache
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        warnings.warn(f"fedlab: could not write the data cache {path}: {err}", stacklevel=3)
-    return arrays
+    _write_cache(path, arrays)
+    return _read_cache(path) or arrays
 
 
 def _fingerprint(files: list[Path]) -> str:

@@ -17,18 +17,22 @@ out_dir=<out>/runs/<job> resume=true`` in its own process (log: ``<out>/logs/<jo
 without redoing finished runs; any other run (stopped, interrupted, failed, killed) continues from its
 last checkpoint (``resume=true`` starts afresh when there is none). Once every job is done,
 ``fedlab compare`` (seeds pooled: mean ± 95% CI, diverged runs shown) writes ``compare.csv``,
-``groups.csv`` and ``curves.png`` into ``<out>`` (default ``results/<study>``), and ``fedlab report``
-writes ``report.html`` and its screenshot ``report.png``.
+``groups.csv`` and ``curves.png`` into ``<out>`` (default ``results/<study>``), ``cells.csv`` and
+``cells.md`` hold one row per cell of the study (``fedlab_app.cells``), and ``fedlab report`` writes
+``report.html`` and its screenshot ``report.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,12 +40,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fedlab_app.cells import write_cells
 from fedlab_app.compare import compare
 from fedlab_app.compose import CONF_DIR
 from fedlab_app.html_report import build_report, find_chromium, screenshot
 
 DONE = ("finished", "diverged")
 RUN_CMD = (sys.executable, "-c", "from fedlab_app.cli import main; main()", "run")
+_LIVE: set[subprocess.Popen] = set()  # the jobs running now
+_SIGNALLED: set[int] = set()  # the pids that got their one SIGINT
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,12 @@ def job_status(job: Job) -> str | None:
 
 
 def run_job(job: Job, log_path: Path) -> int:
-    """Run ``fedlab run <job overrides>`` in a new process, its output to ``log_path``; its exit code."""
+    """Run ``fedlab run <job overrides>`` in a new process, its output to ``log_path``; its exit code.
+
+    The job runs in a session of its own, so that a terminal's Ctrl-C reaches only this process, which
+    passes exactly one SIGINT on to every job in ``_LIVE`` (a second one would make ``fedlab run`` exit
+    without stopping its Ray processes).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} fedlab run {' '.join(job.overrides)}\n")
@@ -130,7 +142,22 @@ def run_job(job: Job, log_path: Path) -> int:
         # RAY_ADDRESS=local: a Ray cluster of its own, even when another one runs on this machine (Ray would
         # otherwise join it and refuse the run's CPU count)
         env = {**os.environ, "RAY_ADDRESS": os.environ.get("RAY_ADDRESS", "local")}
-        return subprocess.run([*RUN_CMD, *job.overrides], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        with subprocess.Popen([*RUN_CMD, *job.overrides], stdout=log, stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True) as proc:
+            _LIVE.add(proc)
+            try:
+                return proc.wait()
+            finally:
+                _LIVE.discard(proc)
+
+
+def _interrupt_live() -> None:
+    """Send SIGINT to every job still running: each saves its state and stops (``fedlab run`` on Ctrl-C)."""
+    for proc in list(_LIVE):
+        if proc.pid not in _SIGNALLED:
+            _SIGNALLED.add(proc.pid)
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGINT)
 
 
 def run_jobs(jobs: list[Job], out: Path, *, max_jobs: int = 0, parallel: int = 1, runner=run_job,
@@ -139,7 +166,9 @@ def run_jobs(jobs: list[Job], out: Path, *, max_jobs: int = 0, parallel: int = 1
 
     Prints one line per job: ``[i/n] skip <job> (finished)``, ``[i/n] start <job>`` and ``[i/n] <status>
     <job>: test_acc ... (s)``. Returns ``(ran, left)``: the jobs run now and those still not done
-    afterwards. A Ctrl-C in a job (exit 130) stops the reproduction: :class:`KeyboardInterrupt`.
+    afterwards. A Ctrl-C in a job (exit 130) or in this process stops the reproduction: no further job
+    starts, the running ones get SIGINT and are waited for (each saves its checkpoint), then
+    :class:`KeyboardInterrupt`.
     """
     n, todo = len(jobs), []
     for i, job in enumerate(jobs, 1):
@@ -152,8 +181,12 @@ def run_jobs(jobs: list[Job], out: Path, *, max_jobs: int = 0, parallel: int = 1
                 echo(f"[{i}/{n}] {job.name} is {status}: continuing it from its last checkpoint")
     todo = todo[:max_jobs] if max_jobs > 0 else todo
 
-    def one(item: tuple[int, Job]) -> int:
+    stop = threading.Event()  # set by a job's Ctrl-C (exit 130) or this process's: no job starts after it
+
+    def one(item: tuple[int, Job]) -> int | None:
         i, job = item
+        if stop.is_set():
+            return None
         echo(f"[{i}/{n}] start {job.name}")
         t0 = time.monotonic()
         rc = runner(job, Path(out) / "logs" / f"{job.name}.log")
@@ -161,11 +194,22 @@ def run_jobs(jobs: list[Job], out: Path, *, max_jobs: int = 0, parallel: int = 1
         acc = (summary.get("final") or {}).get("test_acc")
         echo(f"[{i}/{n}] {summary.get('status', 'no summary')} {job.name}: exit {rc}"
              + (f", test_acc {acc:.4f}" if isinstance(acc, float) else "") + f" ({time.monotonic() - t0:.0f} s)")
+        if rc == 130:
+            stop.set()
+            _interrupt_live()  # the other jobs running now (--jobs > 1) stop too
         return rc
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        codes = list(pool.map(one, todo))
-    if 130 in codes:
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel))
+    try:
+        for future in [pool.submit(one, item) for item in todo]:
+            future.result()
+    except KeyboardInterrupt:  # Ctrl-C here: start nothing more, stop what runs, wait for it to save
+        stop.set()
+        _interrupt_live()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if stop.is_set():
         raise KeyboardInterrupt
     return [job for _, job in todo], [job for job in jobs if job_status(job) not in DONE]
 
@@ -183,11 +227,16 @@ def write_outputs(study: str, block: dict, out: Path, jobs: list[Job], echo=prin
     compare(runs, out=str(out), flat=True, target=target)
     page = build_report(runs, str(Path(out) / "report.html"), target, block.get("title") or f"fedlab reproduce {study}")
     written = [Path(out) / f for f in ("compare.csv", "groups.csv", "curves.png")] + [page]
+    written += write_cells(jobs, Path(out))
     if find_chromium() is None:
         echo("no Chromium found: report.png not rendered (apt-get install -y chromium)")
     else:
         written.append(screenshot(page, Path(out) / "report.png"))
     return written
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str]) -> int:
@@ -225,11 +274,16 @@ def main(argv: list[str]) -> int:
             print(f"[{i}/{len(jobs)}] {job.name} ({job_status(job) or 'not started'}): fedlab run "
                   f"{' '.join(job.overrides)}")
         return 0
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None  # kill: like Ctrl-C
     try:
         ran, left = run_jobs(jobs, out, max_jobs=args.max_jobs, parallel=args.jobs)
     except KeyboardInterrupt:
         print("fedlab reproduce: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
     failed = [j for j in ran if job_status(j) in (None, "failed")]  # ran now: failed, or no summary at all
     if left:
         print(f"{len(left)} of {len(jobs)} jobs not done ({', '.join(j.name for j in left[:6])}"

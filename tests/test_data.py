@@ -132,8 +132,10 @@ def test_disk_cache_roundtrip_is_used_and_tracks_the_source(isolated, monkeypatc
     make_idx_dir(isolated / "d")
     first = load_dataset("mnist", data_dir=str(isolated / "d"), source="local")
     assert load_dataset("mnist", data_dir=str(isolated / "d"), source="local") is first  # memory
-    cached = list((isolated / "cache").glob("mnist-*.npz"))
+    cached = list((isolated / "cache").glob("mnist-*"))
     assert len(cached) == 1 and not list((isolated / "cache").glob(".*tmp"))
+    assert sorted(f.name for f in cached[0].iterdir()) == sorted([f"{k}.npy" for k in data._CACHE_KEYS]
+                                                                  + ["manifest.json"])
     data._load.cache_clear()
 
     def boom(files):
@@ -145,6 +147,8 @@ def test_disk_cache_roundtrip_is_used_and_tracks_the_source(isolated, monkeypatc
     for f in ("x_train", "y_train", "x_test", "y_test", "num_classes", "mean", "std"):
         assert np.array_equal(getattr(first, f), getattr(second, f)), f
     assert not second.x_train.flags.writeable  # shared arrays are read-only
+    for f in ("x_train", "y_train", "x_test", "y_test"):  # memory-mapped: one copy for all processes
+        assert isinstance(getattr(second, f), np.memmap), f
     # A changed source file (new size/mtime) gets a new cache entry.
     data._load.cache_clear()
     make_idx_dir(isolated / "d", n=13)
@@ -152,15 +156,25 @@ def test_disk_cache_roundtrip_is_used_and_tracks_the_source(isolated, monkeypatc
         load_dataset("mnist", data_dir=str(isolated / "d"), source="local")
 
 
-def test_corrupt_cache_file_is_rebuilt(isolated):
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "manifest", "missing"])
+def test_corrupt_cache_file_is_rebuilt(isolated, damage):
     make_idx_dir(isolated / "d")
-    good = load_dataset("mnist", data_dir=str(isolated / "d"), source="local")
-    (path,) = (isolated / "cache").glob("mnist-*.npz")
-    path.write_bytes(b"PK\x03\x04 truncated")
+    good = np.array(load_dataset("mnist", data_dir=str(isolated / "d"), source="local").x_train)  # a copy:
+    (path,) = (isolated / "cache").glob("mnist-*")  # the map would see the damage done in place below
+    x = path / "x_train.npy"
+    size = x.stat().st_size
+    if damage == "truncate":  # cut short: the manifest's size no longer matches
+        x.write_bytes(x.read_bytes()[:-5])
+    elif damage == "garbage":  # same size, no .npy header
+        x.write_bytes(b"\0" * size)
+    elif damage == "manifest":
+        (path / "manifest.json").write_text("{")
+    else:
+        x.unlink()
     data._load.cache_clear()
     again = load_dataset("mnist", data_dir=str(isolated / "d"), source="local")
-    assert np.array_equal(again.x_train, good.x_train)
-    assert path.stat().st_size > 100
+    assert np.array_equal(again.x_train, good)
+    assert x.stat().st_size == size and data._read_cache(path) is not None  # rewritten whole
 
 
 def test_unwritable_cache_warns_and_still_loads(isolated, monkeypatch):

@@ -6,14 +6,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, compose, needs_fmnist
 
-from fedlab_app import config
+from fedlab_app import config, reproduce
+from fedlab_app.cells import cell_stats, write_cells
 from fedlab_app.reproduce import Job, job_status, load_study, main, plan_jobs, run_jobs
 
 TESTS_CONF = ROOT / "tests" / "conf"
@@ -165,3 +169,66 @@ def test_stopped_midway_and_restarted_no_run_done_twice(tmp_path):
     with open(tmp_path / "groups.csv") as f:
         groups = list(csv.DictReader(f))
     assert len(groups) == 2 and all(g["n"] == "2" for g in groups)
+
+
+def test_cell_table_pools_seeds_by_cell_with_hand_computed_intervals(tmp_path):
+    jobs = plan_jobs("tiny_repro", load_study("tiny_repro", TESTS_CONF), 3, tmp_path, TESTS_CONF)
+    accs = {"mean_seed0": 0.5, "mean_seed1": 0.7, "mean_seed2": 0.6, "slowmo_seed0": 0.8, "slowmo_seed1": 0.4}
+    for job in jobs:
+        if job.name == "slowmo_seed2":
+            continue  # no summary: counted as failed
+        job.out_dir.mkdir(parents=True)
+        status = "diverged" if job.name == "slowmo_seed1" else "finished"
+        (job.out_dir / "summary.json").write_text(json.dumps({
+            "status": status, "final": {"test_acc": accs[job.name]}, "sim_time_s": 2.0,
+            "comm": {"messages": 10, "bytes": 3_000_000}}))
+    paths = write_cells(jobs, tmp_path)
+    rows = {r["cell"]: r for r in cell_stats(jobs)}
+    mean = rows["mean"]
+    assert (mean["n"], mean["diverged"], mean["failed"]) == (3, 0, 0)
+    # 0.5, 0.7, 0.6: mean 0.6, sample std 0.1, half width t(0.975, 2) * 0.1 / sqrt(3) = 4.302653 * 0.057735
+    assert mean["test_acc"].mean == pytest.approx(0.6) and mean["test_acc"].std == pytest.approx(0.1)
+    assert mean["test_acc"].half == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-4)  # t table: 4.303
+    assert mean["MB"].mean == pytest.approx(3.0) and mean["val_acc"].n == 0
+    slow = rows["slowmo"]
+    assert (slow["n"], slow["diverged"], slow["failed"]) == (3, 1, 1)
+    assert slow["test_acc"].n == 1 and slow["test_acc"].mean == pytest.approx(0.8)  # the diverged run left out
+    md = (tmp_path / "cells.md").read_text().splitlines()
+    assert md[0] == "| cell | runs | diverged | test_acc | messages | MB | sim_s |"  # no val_acc column
+    assert md[2] == "| mean | 3 | 0 | 0.6000 ± 0.2484 | 10 ± 0 | 3.00 ± 0.00 | 2.00 ± 0.00 |"
+    assert md[3] == "| slowmo | 3 | 1 (+1 failed) | 0.8000 (n=1) | 10 (n=1) | 3.00 (n=1) | 2.00 (n=1) |"
+    with open(paths[0]) as f:
+        table = list(csv.DictReader(f))
+    assert [r["cell"] for r in table] == ["mean", "slowmo"] and float(table[0]["test_acc_mean"]) == pytest.approx(0.6)
+
+
+def test_a_ctrl_c_in_a_job_starts_no_further_job(tmp_path):
+    ran = []
+
+    def runner(job, log):
+        ran.append(job.name)
+        return 130  # the job was interrupted
+
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(_plan(tmp_path), tmp_path, runner=runner, echo=lambda *_: None)
+    assert ran == ["mean_seed0"]
+
+
+def test_ctrl_c_of_the_reproduction_gives_each_running_job_one_sigint_and_starts_no_other(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "RUN_CMD", (sys.executable, str(ROOT / "tests" / "plugins" / "fake_job.py")))
+    jobs = _plan(tmp_path)  # 4 jobs, 2 at a time
+    started = [j.out_dir / "started" for j in jobs[:2]]
+
+    def interrupt_when_started():
+        deadline = time.monotonic() + 30
+        while not all(p.exists() for p in started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C (the jobs run in sessions of their own)
+
+    threading.Thread(target=interrupt_when_started, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, tmp_path, parallel=2, echo=lambda *_: None)
+    assert time.monotonic() - t0 < 30
+    assert [(j.out_dir / "sigints").read_text() for j in jobs[:2]] == ["1", "1"]  # each stopped, once
+    assert not any(j.out_dir.exists() for j in jobs[2:])  # none started after the Ctrl-C
