@@ -64,7 +64,8 @@ def _digits(col: str) -> int:
 
 def write_cells(jobs: Iterable, out: Path) -> list[Path]:
     """Write ``out/cells.csv`` and ``out/cells.md``; returns their paths. Columns with no value in any
-    cell (``val_acc`` without a validation split) are left out of the Markdown table."""
+    cell (``val_acc`` without a validation split) or 0 in every cell (the messages of centralized
+    training) are left out of the Markdown table."""
     rows, out = cell_stats(jobs), Path(out)
     with open(out / "cells.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -72,7 +73,7 @@ def write_cells(jobs: Iterable, out: Path) -> list[Path]:
         for r in rows:
             w.writerow([r["cell"], r["n"], r["diverged"], r["failed"],
                         *(f"{x:.6g}" for c in COLUMNS for x in (r[c].mean, r[c].half))])
-    shown = [c for c in COLUMNS if any(isinstance(r[c], Stat) and r[c].n for r in rows)]
+    shown = [c for c in COLUMNS if any(isinstance(r[c], Stat) and r[c].n and r[c].mean != 0 for r in rows)]
     lines = ["| cell | runs | diverged | " + " | ".join(shown) + " |", "|---" * (3 + len(shown)) + "|"]
     for r in rows:
         bad = f"{r['diverged']}" + (f" (+{r['failed']} failed)" if r["failed"] else "")
