@@ -34,7 +34,7 @@ WORKLOADS = {  # name -> fedlab run overrides (Fashion-MNIST, LeNet-5)
 KINDS = (("fedlab run", "server (fedlab run)"), ("ClientAppActor", "Ray worker (virtual clients)"),
          ("gcs_server", "Ray gcs"), ("raylet", "Ray raylet"), ("DashboardAgent", "Ray dashboard agent"),
          ("RuntimeEnvAgent", "Ray runtime-env agent"), ("dashboard", "Ray dashboard head"),
-         ("monitor.py", "Ray autoscaler monitor"), ("log_monitor", "Ray log monitor"))
+         ("monitor.py", "Ray monitors (autoscaler, log)"))  # monitor.py and log_monitor.py
 
 
 def kind(cmdline: str) -> str:
