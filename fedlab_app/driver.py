@@ -43,6 +43,8 @@ from strategies.modes import RoundPlan, mean_over_examples
 
 log = logging.getLogger("fedlab")
 NODE_WAIT_S = 60.0  # how long the server waits for num_clients nodes to connect
+DISCOVER_TIMEOUT_S = 60.0  # per attempt: how long the partition query waits before asking silent nodes again
+DISCOVER_ATTEMPTS = 5
 # how often a blocking exchange asks for its replies (Flower 1.41's deployed grid: 3 s; 3 reproduces it)
 REPLY_POLL_S = float(os.environ.get("FEDLAB_REPLY_POLL_S", "0") or 0)  # > 0: PromptGrid (`fedlab deploy` sets 0.1)
 
@@ -103,16 +105,38 @@ def wait_for_nodes(grid, num_clients: int, timeout_s: float = NODE_WAIT_S) -> li
         time.sleep(0.2)
 
 
-def discover(grid, node_ids: list[int]) -> dict[int, int]:
-    """Ask every node for its partition id (a "query" message, no payload, not counted): ``{partition id: node id}``."""
-    msgs = [Message(RecordDict({"config": ConfigRecord({"ask": "partition-id"})}), dst_node_id=n,
-                    message_type="query") for n in node_ids]
-    out = {}
-    for rep in grid.send_and_receive(msgs):
-        if rep.has_error():
-            raise RuntimeError(f"node {rep.metadata.src_node_id} did not answer the partition query: {rep.error.reason}")
-        out[int(rep.content["metrics"]["partition-id"])] = rep.metadata.src_node_id
-    return out
+def discover(grid, node_ids: list[int], timeout_s: float = DISCOVER_TIMEOUT_S,
+             attempts: int = DISCOVER_ATTEMPTS) -> dict[int, int]:
+    """Ask every node for its partition id (a "query" message, no payload, not counted): ``{partition id: node id}``.
+
+    A node that has not answered within ``timeout_s`` is asked again, up to ``attempts`` times: a deployed
+    SuperNode can lose one message (seen when its SuperLink was killed and restarted while the node was
+    replying to the old run) and would otherwise leave the run waiting forever.
+
+    Raises
+    ------
+    RuntimeError
+        A node answered with an error.
+    TimeoutError
+        Some nodes never answered; the error names them.
+    """
+    out: dict[int, int] = {}
+    missing = list(node_ids)
+    for attempt in range(1, attempts + 1):
+        msgs = [Message(RecordDict({"config": ConfigRecord({"ask": "partition-id"})}), dst_node_id=n,
+                        message_type="query") for n in missing]
+        for rep in grid.send_and_receive(msgs, timeout=timeout_s):
+            if rep.has_error():
+                raise RuntimeError(f"node {rep.metadata.src_node_id} did not answer the partition query: {rep.error.reason}")
+            out[int(rep.content["metrics"]["partition-id"])] = rep.metadata.src_node_id
+        missing = [n for n in node_ids if n not in out.values()]
+        if not missing:
+            return out
+        if attempt < attempts:
+            log.warning("node(s) %s did not answer the partition query within %.0f s; asking again (%d of %d)",
+                        missing, timeout_s, attempt + 1, attempts)
+    raise TimeoutError(f"node(s) {missing} did not answer the partition query in {attempts} attempts of "
+                       f"{timeout_s:.0f} s each")
 
 
 class RunContext:
