@@ -37,7 +37,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_memory import processes  # noqa: E402
 from fedlab_app import config  # noqa: E402
 from fedlab_app.models import build_model  # noqa: E402
 from fedlab_app.results import RunDir  # noqa: E402
@@ -87,21 +89,7 @@ def plain_loop(rounds: int, threads: int) -> list[float]:
 
 def tree_pss_mb(pid: int) -> float:
     """Proportional set size (MB) of process ``pid`` and all its descendants (/proc smaps_rollup)."""
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return total / 1024
+    return sum(mb for _, mb in processes(pid).values())
 
 
 def fedlab_run(rounds: int, *overrides: str) -> dict:

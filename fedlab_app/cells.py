@@ -24,7 +24,8 @@ from fedlab_app.stats import Stat, fmt, summarize
 COLUMNS = ("test_acc", "val_acc", "messages", "MB", "sim_s")
 
 
-def _summary(run_dir: Path) -> dict:
+def read_summary(run_dir: Path) -> dict:
+    """A run's ``summary.json`` as a dict; ``{}`` when it is missing or unreadable."""
     try:
         return json.loads((Path(run_dir) / "summary.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -46,7 +47,7 @@ def cell_stats(jobs: Iterable) -> list[dict]:
     """
     by_cell: dict[str, list[dict]] = {}
     for job in jobs:
-        by_cell.setdefault(job.cell, []).append(_summary(job.out_dir))
+        by_cell.setdefault(job.cell, []).append(read_summary(job.out_dir))
     rows = []
     for cell, summaries in by_cell.items():
         ok = [s for s in summaries if s.get("status") == "finished"]

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fedlab_app.cells import write_cells
+from fedlab_app.cells import read_summary, write_cells
 from fedlab_app.compare import compare
 from fedlab_app.compose import CONF_DIR
 from fedlab_app.html_report import build_report, find_chromium, screenshot
@@ -48,7 +48,7 @@ from fedlab_app.html_report import build_report, find_chromium, screenshot
 DONE = ("finished", "diverged")
 RUN_CMD = (sys.executable, "-c", "from fedlab_app.cli import main; main()", "run")
 _LIVE: set[subprocess.Popen] = set()  # the jobs running now
-_SIGNALLED: set[int] = set()  # the pids that got their one SIGINT
+_SIGNALLED: set[subprocess.Popen] = set()  # the running jobs that got their one SIGINT
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,14 @@ def run_job(job: Job, log_path: Path) -> int:
                 return proc.wait()
             finally:
                 _LIVE.discard(proc)
+                _SIGNALLED.discard(proc)
 
 
 def _interrupt_live() -> None:
     """Send SIGINT to every job still running: each saves its state and stops (``fedlab run`` on Ctrl-C)."""
     for proc in list(_LIVE):
-        if proc.pid not in _SIGNALLED:
-            _SIGNALLED.add(proc.pid)
+        if proc not in _SIGNALLED:
+            _SIGNALLED.add(proc)
             with contextlib.suppress(OSError):
                 proc.send_signal(signal.SIGINT)
 
@@ -190,7 +191,7 @@ def run_jobs(jobs: list[Job], out: Path, *, max_jobs: int = 0, parallel: int = 1
         echo(f"[{i}/{n}] start {job.name}")
         t0 = time.monotonic()
         rc = runner(job, Path(out) / "logs" / f"{job.name}.log")
-        summary = _summary(job)
+        summary = read_summary(job.out_dir)
         acc = (summary.get("final") or {}).get("test_acc")
         echo(f"[{i}/{n}] {summary.get('status', 'no summary')} {job.name}: exit {rc}"
              + (f", test_acc {acc:.4f}" if isinstance(acc, float) else "") + f" ({time.monotonic() - t0:.0f} s)")
@@ -212,13 +213,6 @@ def run_jobs(jobs: list[Job], out: Path, *, max_jobs: int = 0, parallel: int = 1
     if stop.is_set():
         raise KeyboardInterrupt
     return [job for _, job in todo], [job for job in jobs if job_status(job) not in DONE]
-
-
-def _summary(job: Job) -> dict:
-    try:
-        return json.loads((job.out_dir / "summary.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 def write_outputs(study: str, block: dict, out: Path, jobs: list[Job], echo=print) -> list[Path]:
