@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,8 +184,22 @@ def train_fused(template: nn.Module, jobs: Sequence[ClientJob], norm: Normalizer
     list of FusedResult
         In ``jobs`` order. ``result.seconds`` is the fused wall time shared out by examples processed.
     """
+    out: list[FusedResult | None] = [None] * len(jobs)
+    for i, r in iter_fused(template, jobs, norm, opt_cfg, batch_size=batch_size, lr=lr, lr_fn=lr_fn,
+                           augment=augment, return_opt_state=return_opt_state, group_size=group_size):
+        out[i] = r
+    return out
+
+
+def iter_fused(template: nn.Module, jobs: Sequence[ClientJob], norm: Normalizer, opt_cfg, *, batch_size: int,
+               lr: float, lr_fn: Callable[[int], float] | None = None,
+               augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+               return_opt_state: bool = False, group_size: int = 8) -> Iterator[tuple[int, FusedResult]]:
+    """:func:`train_fused`, yielding ``(job index, result)`` group by group as each group finishes, so
+    that a caller can pack and drop each result before the next group trains (a node with hundreds
+    of virtual clients then never holds all their trained models as tensors at once)."""
     if not jobs:
-        return []
+        return
     names = [n for n, _ in template.named_parameters()]
     if list(template.state_dict()) != names:
         raise ValueError("fused training needs a model without buffers (BatchNorm is not supported)")
@@ -197,14 +211,11 @@ def train_fused(template: nn.Module, jobs: Sequence[ClientJob], norm: Normalizer
     work = [j.steps if j.steps > 0 else j.epochs * -(-len(j.y) // min(batch_size, len(j.y))) for j in jobs]
     order = sorted(range(len(jobs)), key=lambda i: work[i])
     n_groups = -(-len(jobs) // max(group_size, 1))
-    out: list[FusedResult | None] = [None] * len(jobs)
     for g in range(n_groups):
         part = order[g * len(jobs) // n_groups:(g + 1) * len(jobs) // n_groups]
         res = _train_group(plan, names, [jobs[i] for i in part], norm, opt_cfg, batch_size, lr, lr_fn, augment,
                            return_opt_state)
-        for i, r in zip(part, res):
-            out[i] = r
-    return out
+        yield from zip(part, res)
 
 
 def _train_group(plan, names, jobs, norm, opt_cfg, batch_size, lr, lr_fn, augment, return_opt_state):

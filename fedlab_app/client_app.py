@@ -53,11 +53,12 @@ def _log_timeline(conf, t_handler: float, t_data: float, t_trained: float) -> No
                                 "data": t_data, "trained": t_trained}) + "\n")
 
 
-def node_for(msg: Message, context: Context, pid: int | None = None) -> Node:
+def node_for(msg: Message, context: Context, pid: int | None = None, load: bool = True) -> Node:
     """This node (config parsed once per process), with the message's model loaded when it brings one.
 
     A simulated node that holds several virtual clients (``sim.clients_per_worker`` = p) is node b of
-    ceil(K/p) and holds partitions b*p .. b*p+p-1; ``pid`` picks one of them.
+    ceil(K/p) and holds partitions b*p .. b*p+p-1; ``pid`` picks one of them. ``load=False``: leave the
+    message's model for the caller (a block of clients trains from it without a model per client).
     """
     cfg = config.parse_cached(context.run_config)
     tune_process(cfg.sim.threads_per_client)
@@ -73,7 +74,7 @@ def node_for(msg: Message, context: Context, pid: int | None = None) -> Node:
     if not block * p <= pid < min((block + 1) * p, cfg.num_clients):
         raise ValueError(f"client {pid} is not held by node {block} (sim.clients_per_worker={p})")
     node = Node(cfg, pid, cfg.num_clients, context.state)
-    if "arrays" in msg.content:  # gossip messages carry the neighbours' models instead
+    if load and "arrays" in msg.content:
         node.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return node
 
@@ -87,7 +88,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         raise ValueError(f"train message with mode={mode!r}; this node knows: {', '.join(sorted(FITS))}")
     t0 = time.time()
     if "pids" in conf:  # several virtual clients of this node, trained together
-        nodes = [node_for(msg, context, int(p)) for p in conf["pids"]]
+        nodes = [node_for(msg, context, int(p), load=False) for p in conf["pids"]]
         t1 = time.time()
         reply = sync.client_fit_block(msg, nodes)
     else:

@@ -62,7 +62,7 @@ def parse(run_config: Mapping[str, Any], strict: bool = True) -> Config:
         sections["schedule"] = dataclasses.replace(sections["schedule"], name=spec.schedule)
     top = {k: v for k, v in nested.items() if k in top_fields}
     cfg = build(Config, {**top, **sections, "strategy": StrategyCfg(name, params)}, "")
-    check(spec.mode is None or cfg.sim.clients_per_worker <= 1, "sim.clients_per_worker", cfg.sim.clients_per_worker,
+    check(spec.packs or cfg.sim.clients_per_worker <= 1, "sim.clients_per_worker", cfg.sim.clients_per_worker,
           f"0 or 1 with strategy={name} (each of its nodes holds one client's state)")
     if spec.check is not None:
         spec.check(cfg)

@@ -75,7 +75,16 @@ class Node:
     def __init__(self, cfg: Config, pid: int, num: int, state: Any) -> None:
         self.cfg, self.pid, self.state = cfg, pid, state
         self.local = local_data(cfg, pid, num)
-        self.model = fresh_model(cfg, self.local)
+
+    @functools.cached_property
+    def model(self) -> torch.nn.Module:
+        """This node's model, built on first use (a node holding hundreds of virtual clients trains them
+        fused from one template and never builds the others)."""
+        return fresh_model(self.cfg, self.local)
+
+    def drop_model(self) -> None:
+        """Free the model (the next use of :attr:`model` builds a fresh one)."""
+        self.__dict__.pop("model", None)
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
         """A fresh optimizer of the configured kind over this node's model."""

@@ -106,15 +106,15 @@ def simulate(cfg: config.Config) -> dict:
 def clients_per_worker(cfg: config.Config) -> int:
     """How many virtual clients one simulated node holds and trains together (``sim.clients_per_worker``).
 
-    Auto (0): the synchronous strategies spread ``num_clients`` over as many nodes as Ray can run at
-    once (cores / ``sim.cpus_per_client``), so that each worker trains its clients in one fused
-    computation per round (``clients/fused.py``); modes whose nodes hold their own state (gossip,
-    async), the centralized baseline and a run on a Ray cluster (``sim.ray_address``, whose cores this
+    Auto (0): the synchronous strategies and gossip spread ``num_clients`` over as many nodes as Ray can
+    run at once (cores / ``sim.cpus_per_client``), so that each worker trains its clients in one fused
+    computation per round (``clients/fused.py``); asynchronous SGD (whose workers run on their own
+    clocks), the centralized baseline and a run on a Ray cluster (``sim.ray_address``, whose cores this
     machine cannot see) keep one client per node.
     """
     if cfg.sim.clients_per_worker:
         return cfg.sim.clients_per_worker
-    if strategies.REGISTRY[cfg.strategy.name].mode is not None or cfg.sim.ray_address:  # a cluster: spread them
+    if not strategies.REGISTRY[cfg.strategy.name].packs or cfg.sim.ray_address:  # a cluster: spread them
         return 1
     workers = max(1, int((os.cpu_count() or 1) // cfg.sim.cpus_per_client))
     return max(1, math.ceil(cfg.num_clients / workers))

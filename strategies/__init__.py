@@ -33,6 +33,7 @@ class Spec:
     resolve: Callable[[Any], Any] | None = None  # Params -> Params with "auto" values resolved (recorded as run)
     prepare: Callable[[Any], Any] | None = None  # Config -> the Config the run records (e.g. one client)
     total: Callable[[Any], int] | None = None  # the run's number of rounds (default cfg.rounds)
+    packs: bool = True  # a node may hold several virtual clients (sim.clients_per_worker > 1), trained fused
 
 
 def _gossip_check(method: str) -> Callable[[Any], None]:
@@ -46,7 +47,7 @@ def _gossip_resolve(method: str) -> Callable[[Any], Any]:
 REGISTRY: dict[str, Spec] = {
     "fedavg": Spec(fedavg.Params, build=fedavg.build),
     "centralized": Spec(centralized.Params, mode=centralized.CentralizedMode, schedule="cosine",
-                        prepare=centralized.prepare, total=centralized.total),
+                        prepare=centralized.prepare, total=centralized.total, packs=False),
     "localsgd": Spec(localsgd.Params, build=localsgd.build, needs_steps=True),
     "slowmo": Spec(slowmo.Params, build=slowmo.build, needs_steps=True),
     "step_weighted": Spec(step_weighted.Params, build=localsgd.build, needs_steps=True),
@@ -55,8 +56,8 @@ REGISTRY: dict[str, Spec] = {
     "fedadam": Spec(fedopt.OptParams, build=fedopt.build_adam),
     "fedyogi": Spec(fedopt.OptParams, build=fedopt.build_yogi),
     "async_sgd": Spec(async_sgd.Params, mode=async_mode.AsyncMode, client_fit=async_mode.client_fit,
-                      check=lambda cfg: async_sgd.check_setup(cfg.strategy.params, cfg.num_clients)),
-    **{m: Spec(gossip.Params, mode=gossip_mode.GossipMode, client_fit=gossip_mode.client_fit,
+                      check=lambda cfg: async_sgd.check_setup(cfg.strategy.params, cfg.num_clients), packs=False),
+    **{m: Spec(gossip.Params, mode=gossip_mode.GossipMode, client_fit=sync.client_fit,
                check=_gossip_check(m), resolve=_gossip_resolve(m)) for m in gossip.METHODS},
 }
 

@@ -36,23 +36,36 @@ class Params:
         check(self.min_train_clients >= 1, f"{p}.min_train_clients", self.min_train_clients, "an integer >= 1")
 
 
-def weighted_average(models: Sequence[dict[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:
+def weighted_average(models: Iterable[dict[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:
     """Weighted average of models given as ``{name: array}``: ``sum_i w_i x_i / sum_i w_i``.
 
-    Accumulates in float64 and casts back to each array's dtype (integer buffers such as
-    BatchNorm's ``num_batches_tracked`` are rounded).
+    Accumulates in float64, in the order of ``models``, and casts back to each array's dtype (integer
+    buffers such as BatchNorm's ``num_batches_tracked`` are rounded). ``models`` may be a generator:
+    each model is read once and can be dropped at once, so that the server holds one reply's arrays
+    at a time besides the sums (1,000 clients: 1 model, not 1,000 copies).
     """
-    if not models or len(models) != len(weights):
-        raise ValueError(f"need one weight per model, got {len(models)} models and {len(weights)} weights")
     w = np.asarray(weights, dtype=np.float64)
     if np.any(w < 0) or w.sum() <= 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
     w = w / w.sum()
-    out = {}
-    for name, ref in models[0].items():
-        acc = sum(wi * m[name].astype(np.float64) for wi, m in zip(w, models))
-        out[name] = np.rint(acc).astype(ref.dtype) if np.issubdtype(ref.dtype, np.integer) else acc.astype(ref.dtype)
-    return out
+    acc: dict[str, np.ndarray] = {}
+    dtypes: dict = {}
+    n = 0
+    for m in models:
+        if n >= len(w):
+            raise ValueError(f"need one weight per model, got more models than the {len(w)} weights")
+        wi = w[n]
+        for name, v in m.items():
+            term = wi * v.astype(np.float64)
+            if n == 0:
+                acc[name], dtypes[name] = 0 + term, v.dtype  # 0 + term: as sum() starts, bit for bit
+            else:
+                acc[name] += term
+        n += 1
+    if n == 0 or n != len(w):
+        raise ValueError(f"need one weight per model, got {n} models and {len(w)} weights")
+    return {name: np.rint(a).astype(dtypes[name]) if np.issubdtype(dtypes[name], np.integer) else a.astype(dtypes[name])
+            for name, a in acc.items()}
 
 
 def sample_clients(node_ids: Iterable[int], fraction: float, minimum: int, seed: int, server_round: int) -> list[int]:
@@ -137,7 +150,7 @@ class FedAvgStrategy(SeededSampling, FedAvg):
         if not valid:
             return None, None
         contents = sorted_contents(valid)
-        models = [to_numpy(c[self.arrayrecord_key]) for c in contents]
+        models = (to_numpy(c[self.arrayrecord_key]) for c in contents)  # one at a time
         weights = [float(c["metrics"][self.weighted_by_key]) for c in contents]
         return to_record(weighted_average(models, weights)), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 

@@ -36,7 +36,7 @@ random-graph edge probability), ``density`` (random stochastic matrices), ``edge
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,8 +73,8 @@ def mix(self_coef: float, own: dict[str, np.ndarray], coefs: Sequence[float],
         incoming: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """``self_coef * own + sum_j coefs[j] * incoming[j]``, float64 inside, cast back to ``own``'s dtypes.
 
-    The same function runs on the node (mixing what it received) and on the server (mirroring the
-    node's state for evaluation and checkpoints), so both hold bit-identical models.
+    Applied by the server to the models it relays (``strategies/gossip_mode.py``): the state node i's own
+    mixing step would give, bit for bit, since it is this function on the same arrays.
     """
     out = {}
     for k, v in own.items():
@@ -99,16 +99,17 @@ def senders(A: np.ndarray, i: int) -> list[int]:
 
 
 def mix_all(A: np.ndarray, ys: Sequence[dict[str, np.ndarray]], ws: Sequence[float],
-            sent: dict[tuple[int, int], dict[str, np.ndarray]] | None = None) -> tuple[list[dict], list[float]]:
+            sent: Callable[[int, int], dict[str, np.ndarray]] | None = None) -> tuple[list[dict], list[float]]:
     """One gossip step for all nodes: ``y_i <- A_ii y_i + sum_{j != i} A_ij y~_ji``, ``w <- A w``.
 
-    ``sent[(j, i)]`` is what node i received from node j (``y_j`` plus link noise); default ``y_j``.
+    ``sent(j, i)`` is what node i received from node j (``y_j`` plus link noise); default ``y_j``. It
+    is asked for receiver by receiver, so that only one node's incoming models exist at a time.
     """
     new_y, new_w = [], []
     for i in range(len(ys)):
         src = senders(A, i)
         coefs = [float(A[i, j]) for j in src]
-        new_y.append(mix(float(A[i, i]), ys[i], coefs, [sent[(j, i)] if sent is not None else ys[j] for j in src]))
+        new_y.append(mix(float(A[i, i]), ys[i], coefs, [sent(j, i) if sent is not None else ys[j] for j in src]))
         new_w.append(mix_weight(float(A[i, i]), float(ws[i]), coefs, [float(ws[j]) for j in src]))
     return new_y, new_w
 

@@ -92,22 +92,26 @@ class LocalSGDStrategy(SeededSampling, FedAvg):
         if not valid:
             return None, None
         contents = sorted_contents(valid)
-        models, opt_states = zip(*(split_prefix(to_numpy(c[self.arrayrecord_key]), OPTIMIZER_PREFIX) for c in contents))
-        x_avg = self.aggregate(list(models), contents)
+
+        def part(i: int):  # the replies' models (i = 0) or optimizer states (1), read one at a time
+            return (split_prefix(to_numpy(c[self.arrayrecord_key]), OPTIMIZER_PREFIX)[i] for c in contents)
+
+        x_avg = self.aggregate(part(0), contents)
         if self.params.momentum_mode == "average":
-            self.opt_avg = weighted_average(list(opt_states), [1.0] * len(contents))
+            self.opt_avg = weighted_average(part(1), [1.0] * len(contents))
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         return to_record(self.outer_step(self.x_prev, x_avg, self.lr)), metrics
 
-    def aggregate(self, models: list[dict[str, np.ndarray]], contents) -> dict[str, np.ndarray]:
-        """The replies' models combined by ``params.aggregation`` (pure functions of the other modules)."""
+    def aggregate(self, models: Iterable[dict[str, np.ndarray]], contents) -> dict[str, np.ndarray]:
+        """The replies' models (in ``contents`` order, possibly a generator) combined by ``params.aggregation``
+        (pure functions of the other modules)."""
         steps = [int(c["metrics"]["steps"]) for c in contents]
         agg = self.params.aggregation
         if agg == "fednova":
             sizes = [float(c["metrics"]["num-examples"]) for c in contents]
             a = [fednova_a(j, self.client_momentum, self.nesterov) for j in steps]
-            return fednova_aggregate(self.x_prev, models, a, sizes)
-        return weighted_average(models, step_weights(steps) if agg == "steps" else [1.0] * len(models))
+            return fednova_aggregate(self.x_prev, list(models), a, sizes)
+        return weighted_average(models, step_weights(steps) if agg == "steps" else [1.0] * len(contents))
 
     def outer_step(self, x_prev: dict[str, np.ndarray], x_avg: dict[str, np.ndarray], lr: float) -> dict[str, np.ndarray]:
         """The server's step after aggregation: plain LocalSGD takes the average."""

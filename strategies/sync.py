@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
 
-from clients.fused import ClientJob, FusedResult, fused_plan, train_fused
+from clients.fused import ClientJob, FusedResult, fused_plan, iter_fused
 from clients.optim import load_optimizer_state, optimizer_state
 from clients.train import round_first_epoch
 from strategies.fedavg import to_numpy, to_record
@@ -37,6 +37,52 @@ def tree_torch(tree: dict) -> dict:
 def tree_numpy(tree: dict) -> dict:
     """Inverse of :func:`tree_torch`."""
     return {k: tree_numpy(v) if isinstance(v, dict) else v.numpy() for k, v in tree.items()}
+
+
+def send_packed(msgs: list, pids: list[int], grid: Any, count: str | None = "both",
+                own_arrays: bool = False) -> tuple[list, list[int]]:
+    """Send virtual clients' messages packed, one per node; return one reply per virtual client (and its name).
+
+    A node holds several virtual clients (``sim.clients_per_worker``). Its transport message carries
+    the records of its clients' messages once (they are equal: model, config, server state), with
+    the list of its clients (``pids``); with ``own_arrays`` each client's ``arrays`` differ (gossip:
+    every node trains from its own model) and travel as ``arrays/<pid>``. The node's reply holds
+    ``arrays/<pid>`` and ``metrics/<pid>`` per client; each becomes the reply that client would have
+    sent. Counted as the unpacked exchange would be (``count``: "both", "down" or None, one logical
+    message per virtual client and direction), plus the transport messages that crossed Flower.
+    """
+    by_node: dict[int, list[int]] = {}
+    msg_of = dict(zip(pids, msgs))
+    for pid, m in zip(pids, msgs):
+        by_node.setdefault(m.metadata.dst_node_id, []).append(pid)
+    transport = []
+    for node, node_pids in by_node.items():
+        first = msg_of[node_pids[0]].content
+        content = RecordDict({k: v for k, v in first.items() if not (own_arrays and k == "arrays")})
+        if own_arrays:
+            for pid in node_pids:
+                content[f"arrays/{pid}"] = msg_of[pid].content["arrays"]
+        content["config"] = ConfigRecord({**dict(content["config"]), "pids": node_pids})
+        transport.append(Message(content, dst_node_id=node, message_type="train"))
+    replies = grid.send_and_receive(transport, count=None)
+    rep_of = {grid.replier(r): r for r in replies}  # node id -> its reply
+    out = {pid: rep_of.get(node) for node, node_pids in by_node.items() for pid in node_pids}
+    virtual, names = [], []
+    for pid, m in zip(pids, msgs):
+        rep = out[pid]
+        if rep is None or rep.has_error():
+            reason = rep.error.reason if rep is not None else "no reply"
+            v = Message(Error(code=0, reason=f"node of client {pid}: {reason}"), reply_to=m)
+        else:
+            v = Message(RecordDict({"arrays": rep.content[f"arrays/{pid}"],
+                                    "metrics": rep.content[f"metrics/{pid}"]}), reply_to=m)
+        if count in ("both", "down"):
+            grid.count_virtual("down", pid, m)
+        if count == "both":
+            grid.count_virtual("up", pid, v)
+        virtual.append(v)
+        names.append(pid)
+    return virtual, names
 
 
 class SyncMode:
@@ -60,7 +106,7 @@ class SyncMode:
         conf = ConfigRecord({k: v for k, v in plan.train_config(self.name).items() if k != "server-round"})
         msgs = list(s.configure_train(rnd, to_record(self.arrays), conf, grid))
         if self.run.packing > 1:
-            replies, names = self._packed(msgs, list(s.sampled_pids), grid)
+            replies, names = send_packed(msgs, list(s.sampled_pids), grid)
             ok = self.run.keep_ok(rnd, replies, grid, names)
         else:
             replies = grid.send_and_receive(msgs)
@@ -78,42 +124,6 @@ class SyncMode:
             fed = s.aggregate_evaluate(rnd, grid.send_and_receive(msgs))
             self.run.log.info("round %d federated evaluation: %s", rnd, dict(fed or {}))
         return RoundOut(self.arrays, [dict(r.content["metrics"]) for r in ok], len(ok), bytes_by_node=bytes_by_node)
-
-    def _packed(self, msgs: list, pids: list[int], grid: Any) -> tuple[list, list[int]]:
-        """Send the virtual clients' messages packed, one per node; return one reply per virtual client.
-
-        All of a round's training messages hold the same records (model, config, server state), so
-        a node's transport message carries them once, with the list of its clients (``pids``). Its
-        reply holds ``arrays/<pid>`` and ``metrics/<pid>`` per client; each becomes the reply that
-        client would have sent, and the strategy aggregates those as usual. Counted: one logical
-        message per virtual client and direction, and the transport messages that crossed Flower.
-        """
-        by_node: dict[int, list[int]] = {}
-        for pid, m in zip(pids, msgs):
-            by_node.setdefault(m.metadata.dst_node_id, []).append(pid)
-        first = {m.metadata.dst_node_id: m for m in reversed(msgs)}
-        transport = []
-        for node, node_pids in by_node.items():
-            content = RecordDict(dict(first[node].content.items()))
-            content["config"] = ConfigRecord({**dict(content["config"]), "pids": node_pids})
-            transport.append(Message(content, dst_node_id=node, message_type="train"))
-        replies = grid.send_and_receive(transport, count=None)
-        rep_of = {grid.replier(r): r for r in replies}  # node id -> its reply
-        out = {pid: rep_of.get(node) for node, node_pids in by_node.items() for pid in node_pids}
-        virtual, names = [], []
-        for pid, m in zip(pids, msgs):
-            rep = out[pid]
-            if rep is None or rep.has_error():
-                reason = rep.error.reason if rep is not None else "no reply"
-                v = Message(Error(code=0, reason=f"node of client {pid}: {reason}"), reply_to=m)
-            else:
-                v = Message(RecordDict({"arrays": rep.content[f"arrays/{pid}"],
-                                        "metrics": rep.content[f"metrics/{pid}"]}), reply_to=m)
-            grid.count_virtual("down", pid, m)
-            grid.count_virtual("up", pid, v)
-            virtual.append(v)
-            names.append(pid)
-        return virtual, names
 
     def state(self) -> dict:
         return {"strategy": tree_torch(self.strategy.state())}
@@ -152,41 +162,50 @@ def client_fit_block(msg: Any, nodes: list) -> Any:
     conf = msg.content["config"]
     mode, lr = str(conf.get("momentum-mode", "reset")), float(conf["lr"])
     rnd, epochs = int(conf["server-round"]), int(conf["local-epochs"])
-    start = msg.content["arrays"].to_torch_state_dict()
+    shared = msg.content["arrays"].to_torch_state_dict() if "arrays" in msg.content else None
+
+    def start(pid: int) -> dict:  # the model client pid trains from: the round's, or its own (gossip)
+        return shared if shared is not None else msg.content[f"arrays/{pid}"].to_torch_state_dict()
+
     state = nodes[0].state
 
     def carried(pid: int):
         rec = state.get(f"{OPT_KEY}/{pid}") if mode == "keep" else msg.content.get(OPT_KEY) if mode == "average" else None
         return None if rec is None else {k: v.numpy() for k, v in rec.items()}
 
-    try:
-        fused_plan(nodes[0].model)
-    except ValueError:  # BatchNorm or dropout: one client after the other, same maths as client_fit
-        results = []
-        for node in nodes:
-            node.model.load_state_dict(start)
+    def one_by_one():  # BatchNorm or dropout: one client after the other, the same maths as client_fit
+        for i, node in enumerate(nodes):
+            node.model.load_state_dict(start(node.pid))
             opt = node.optimizer(lr)
             if (c := carried(node.pid)) is not None:
                 load_optimizer_state(opt, c)
             res = node.fit(opt, conf)
-            results.append(FusedResult({k: v.detach().clone() for k, v in node.model.state_dict().items()}, res,
-                                       optimizer_state(opt) if mode != "reset" else None))
+            yield i, FusedResult(dict(node.model.state_dict()), res, optimizer_state(opt) if mode != "reset" else None)
+            node.drop_model()
+
+    try:
+        fused_plan(nodes[0].model)
+    except ValueError:
+        results = one_by_one()
     else:
         jobs = []
         for node in nodes:
             steps = int(conf["local-steps"][node.pid])
-            jobs.append(ClientJob(start, node.local.x, node.local.y, node.pid, node.cfg.seed,
+            jobs.append(ClientJob(start(node.pid), node.local.x, node.local.y, node.pid, node.cfg.seed,
                                   round_first_epoch(rnd, epochs, steps), steps, epochs, carried(node.pid)))
         n0 = nodes[0]
-        results = train_fused(n0.model, jobs, n0.local.norm, n0.cfg.optimizer, batch_size=n0.cfg.client.batch_size,
-                              lr=lr, augment=n0.local.augment, return_opt_state=mode != "reset")
-    content = {}
-    for node, r in zip(nodes, results):
+        results = iter_fused(n0.model, jobs, n0.local.norm, n0.cfg.optimizer, batch_size=n0.cfg.client.batch_size,
+                             lr=lr, augment=n0.local.augment, return_opt_state=mode != "reset")
+    packed: dict[int, tuple] = {}
+    for i, r in results:  # each result packed as it comes (bytes), its tensors dropped before the next group
+        node = nodes[i]
         arrays = {k: Array(v.detach().contiguous().numpy()) for k, v in r.state.items()}
         if mode == "keep":
             state[f"{OPT_KEY}/{node.pid}"] = ArrayRecord({k: Array(v) for k, v in r.opt_state.items()})
         elif mode == "average":
             arrays.update({OPT_PREFIX + k: Array(v) for k, v in r.opt_state.items()})
-        content[f"arrays/{node.pid}"] = ArrayRecord(arrays)
-        content[f"metrics/{node.pid}"] = node.metrics(r.result)
+        packed[i] = (ArrayRecord(arrays), node.metrics(r.result))
+    content = {}
+    for i, node in enumerate(nodes):
+        content[f"arrays/{node.pid}"], content[f"metrics/{node.pid}"] = packed[i]
     return Message(RecordDict(content), reply_to=msg)

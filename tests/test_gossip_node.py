@@ -1,5 +1,6 @@
-"""A gossip node's round in-process (no simulation): momentum_mode=keep carries the optimizer state
-across rounds in the node's own state; reset starts afresh each round."""
+"""A gossip node's round in-process (no simulation): the node trains from the model its message brings
+(the server applies the mixing); momentum_mode=keep carries the optimizer state across rounds in the
+node's own state; reset starts afresh each round."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedlab_app import config, driver
 from fedlab_app.local import Node
-from strategies import gossip_mode
+import strategies
+from strategies import sync
 from strategies.fedavg import to_record
 
 pytestmark = needs_fmnist
@@ -25,16 +27,13 @@ def _task_identity(monkeypatch):
         monkeypatch.setattr(TaskIdentity, attr, value, raising=False)
 
 
-def _round(node, rnd: int, mode: str, restore: dict | None = None) -> Message:
-    conf = {"mode": "gossip", "gossip": "dpsgd", "momentum-mode": mode, "lr": 0.05, "local-epochs": 1,
-            "local-steps": [3, 3], "server-round": rnd}
-    content = {}
-    if restore is not None:
-        content["restore"] = to_record(restore)
-        conf["restore-w"] = 1.0
-    content["config"] = ConfigRecord(conf)
-    msg = Message(RecordDict(content), dst_node_id=1, message_type="train")
-    return gossip_mode.client_fit(msg, node)
+def _round(node, rnd: int, mode: str, z: dict) -> Message:
+    conf = {"mode": "gossip", "momentum-mode": mode, "lr": 0.05, "local-epochs": 1, "local-steps": [3, 3],
+            "server-round": rnd}
+    msg = Message(RecordDict({"arrays": to_record(z), "config": ConfigRecord(conf)}), dst_node_id=1,
+                  message_type="train")
+    node.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())  # as the ClientApp's node_for does
+    return strategies.client_fits()["gossip"](msg, node)
 
 
 @pytest.mark.parametrize("mode", ["keep", "reset"])
@@ -43,13 +42,19 @@ def test_gossip_momentum_mode(mode):
                                               "client.local_steps=3", f"strategy.momentum_mode={mode}")))
     state = RecordDict()
     x0 = driver.initial_arrays(cfg)
-    _round(Node(cfg, 0, 2, state), 1, mode, restore=x0)
-    assert (gossip_mode.OPT_KEY in state) == (mode == "keep")
+    rep = _round(Node(cfg, 0, 2, state), 1, mode, x0)
+    assert (sync.OPT_KEY in state) == (mode == "keep")
     if mode == "keep":  # the momentum buffers of round 1 are in the node's state, nonzero
-        bufs = [v.numpy() for v in state[gossip_mode.OPT_KEY].values()]
+        bufs = [v.numpy() for v in state[sync.OPT_KEY].values()]
         assert bufs and any(np.abs(b).sum() > 0 for b in bufs)
-    rep = _round(Node(cfg, 0, 2, state), 2, mode)  # round 2 continues from the node's own y (no restore)
-    assert int(rep.content["metrics"]["steps"]) == 3
+    z1 = {k: v.numpy() for k, v in rep.content["arrays"].items()}
+    assert any(not np.array_equal(z1[k], x0[k]) for k in x0)  # trained from the model it was sent
+    rep2 = _round(Node(cfg, 0, 2, state), 2, mode, z1)  # a fresh node object: only context.state carries over
+    assert int(rep2.content["metrics"]["steps"]) == 3
+    # the same model sent again: keep continues from round 1's momentum, reset does not depend on it
+    fresh = _round(Node(cfg, 0, 2, RecordDict()), 2, mode, z1)
+    same = all(np.array_equal(rep2.content["arrays"][k].numpy(), fresh.content["arrays"][k].numpy()) for k in x0)
+    assert same == (mode == "reset")
 
 
 def test_gossip_refuses_averaged_momentum():

@@ -1,6 +1,6 @@
 """Several virtual clients per simulated node, trained fused (issue 17): the same results as one client per
 message (float tolerance 1e-5 on the weights after the run), the same logical message and byte counts,
-and fewer transport messages."""
+and fewer transport messages. Gossip too: its nodes train from their own models, packed per node."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ CASES = {
                        "system.profile=ratios", "system.ratios=1:2:3:4", "system.budget=2"),
     "fedavg_epochs": ("strategy=fedavg", "strategy.fraction_train=0.75"),  # epochs, partial batches, sampling
     "localsgd_keep": ("strategy=localsgd", "client.local_steps=3", "strategy.momentum_mode=keep", "rounds=3"),
+    # gossip: every node trains from its own model (the server mixes), with noisy links and momentum kept
+    "dpsgd_keep": ("strategy=dpsgd", "client.local_steps=3", "strategy.matrix=ring", "strategy.noise_std=0.01",
+                   "strategy.momentum_mode=keep", "strategy.node_eval_samples=100", "rounds=3"),
 }
 
 
@@ -32,7 +35,7 @@ def run(tmp, name, packing):
     return summary, rd.read_metrics(), RunDir.load_checkpoint(rd.last_checkpoint())[1]
 
 
-@pytest.mark.parametrize("name", ["slowmo_unequal", pytest.param("fedavg_epochs", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", ["slowmo_unequal", "dpsgd_keep", pytest.param("fedavg_epochs", marks=pytest.mark.slow),
                                   pytest.param("localsgd_keep", marks=pytest.mark.slow)])
 def test_packed_equals_one_client_per_message(name, tmp_path):
     (s1, m1, x1), (s2, m2, x2) = run(tmp_path, name, 1), run(tmp_path, name, 2)
@@ -45,6 +48,12 @@ def test_packed_equals_one_client_per_message(name, tmp_path):
     assert [r["local_steps"] for r in m2] == [r["local_steps"] for r in m1]
     assert s2["sim_time_s"] == pytest.approx(s1["sim_time_s"])
     # transport: one message per node and direction (2 nodes) instead of one per client
-    assert s1["comm"]["transport_messages"] == s1["comm"]["messages"]
+    if name.startswith("dpsgd"):  # logical: node-to-node models; transport: one model each way per node and round
+        assert s1["comm"]["transport_messages"] == 2 * 4 * len(m1) < s1["comm"]["messages"]
+    else:
+        assert s1["comm"]["transport_messages"] == s1["comm"]["messages"]
     assert s2["comm"]["transport_messages"] == 2 * 2 * len(m1)  # 2 nodes x 2 directions x rounds
-    assert s2["comm"]["transport_bytes"] < s1["comm"]["transport_bytes"]
+    if name.startswith("dpsgd"):  # each node's own model either way
+        assert s2["comm"]["transport_bytes"] == s1["comm"]["transport_bytes"]
+    else:  # the shared model once per node
+        assert s2["comm"]["transport_bytes"] < s1["comm"]["transport_bytes"]

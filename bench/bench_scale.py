@@ -1,0 +1,138 @@
+"""How fedlab scales with the number of virtual clients: peak memory and seconds per round against a
+zero-overhead fused loop doing the same training.
+
+Each workload is launched as `fedlab run` (a fresh process, Ray, 2 single-threaded workers, the
+default packing: each worker holds half of the clients and trains them fused) with evaluation only
+in the last round (``eval.every`` above the rounds), so that a steady round is the training round:
+messages, fused training, replies, aggregation. Steady round = median of the ``wall_time_s``
+differences of rounds 2..R-1 (round 1 holds the workers' start, round R the evaluation).
+
+The reference ("zero-overhead fused loop") does only the training: two processes of one thread
+each, started together per round (a barrier), each running ``clients.fused.iter_fused`` over the
+clients of one worker exactly as that worker does (same shards, steps, batch size, optimizer, group
+size), with no Flower, Ray, messages, serialization or aggregation. Its round time is the slower
+half's. Overhead = fedlab's steady round / reference round - 1. Runs are interleaved (reference,
+fedlab) per workload; medians over the repeats.
+
+    python bench/bench_scale.py --repeats 2 --rounds 5          # -> results/bench/scale.json
+    python bench/bench_scale.py --only fedavg_100 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_round import fedlab_run  # noqa: E402
+
+WORKLOADS = {  # name -> fedlab run overrides (Fashion-MNIST, LeNet-5, B = 32, all clients every round)
+    "fedavg_10": ["num_clients=10"],  # the default experiment: 10 x 6,000 samples, 1 epoch
+    "fedavg_100": ["num_clients=100"],  # 100 x 600 samples, 1 epoch
+    "fedavg_1000": ["num_clients=1000"],  # 1,000 x 60 samples, 1 epoch
+    "fedavg_1000_c0.1": ["num_clients=1000", "strategy.fraction_train=0.1"],  # 100 of 1,000 per round
+    "dpsgd_256": ["strategy=dpsgd", "strategy.matrix=exponential", "num_clients=256", "client.local_steps=5",
+                  "strategy.node_eval_samples=0"],  # 256 nodes x 5 steps
+}
+
+
+def _reference_worker(overrides: list[str], rounds: int, worker: int, workers: int, barrier, out) -> None:
+    """One of the reference's processes: worker ``worker``'s clients, trained fused, ``rounds`` times."""
+    import torch
+
+    from clients.fused import ClientJob, iter_fused
+    from clients.train import round_first_epoch
+    from fedlab_app.compose import compose
+    from fedlab_app.driver import initial_arrays
+    from fedlab_app.local import Node
+    from fedlab_app.simulate import clients_per_worker
+    from strategies.fedavg import sample_clients
+
+    torch.set_num_threads(1)
+    cfg = compose(overrides)
+    p = clients_per_worker(cfg)
+    n_nodes = math.ceil(cfg.num_clients / p)
+    mine = [b for b in range(n_nodes) if b % workers == worker]  # nodes this worker holds
+    start = {k: torch.from_numpy(v) for k, v in initial_arrays(cfg).items()}
+    nodes = {pid: Node(cfg, pid, cfg.num_clients, {}) for b in mine
+             for pid in range(b * p, min((b + 1) * p, cfg.num_clients))}
+    template = next(iter(nodes.values())).model
+    frac = getattr(cfg.strategy.params, "fraction_train", 1.0)
+    times = []
+    for rnd in range(1, rounds + 1):
+        sampled = set(sample_clients(range(cfg.num_clients), frac, 1, cfg.seed, rnd))
+        epochs, steps = cfg.client.local_epochs, cfg.client.local_steps
+        blocks = [[ClientJob(start, nodes[pid].local.x, nodes[pid].local.y, pid, cfg.seed,
+                             round_first_epoch(rnd, epochs, steps), steps, epochs)
+                   for pid in range(b * p, min((b + 1) * p, cfg.num_clients)) if pid in sampled] for b in mine]
+        n0 = next(iter(nodes.values()))
+        barrier.wait()
+        t0 = time.perf_counter()
+        for jobs in blocks:  # one message per node, as the worker gets them
+            for _, r in iter_fused(template, jobs, n0.local.norm, cfg.optimizer, batch_size=cfg.client.batch_size,
+                                   lr=cfg.client.lr):
+                {k: v.detach().numpy() for k, v in r.state.items()}
+        times.append(time.perf_counter() - t0)
+    out.put((worker, times))
+
+
+def reference(overrides: list[str], rounds: int, workers: int = 2) -> list[float]:
+    """Per-round seconds of the zero-overhead fused loop (the slower of ``workers`` processes)."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_reference_worker, args=(overrides, rounds, w, workers, barrier, out))
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    got = dict(out.get(timeout=1800) for _ in procs)
+    for p in procs:
+        p.join()
+    return [max(got[w][r] for w in got) for r in range(rounds)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--only", default="", help="comma-separated workload names (default: all)")
+    ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "scale.json"))
+    args = ap.parse_args()
+    names = [n for n in WORKLOADS if not args.only or n in args.only.split(",")]
+    rows = {}
+    for name in names:
+        over = [*WORKLOADS[name], f"eval.every={args.rounds + 1}"]
+        ref, runs = [], []
+        for _ in range(args.repeats):
+            ref += reference(over, args.rounds)[1:]
+            runs.append(fedlab_run(args.rounds, *over))
+        steady = [t for r in runs for t in r["steady_rounds_s"][:-1]]  # rounds 2..R-1: no evaluation
+        fed_s, ref_s = statistics.median(steady), statistics.median(ref)
+        rows[name] = {"overrides": over, "fedlab_round_s": fed_s, "reference_round_s": ref_s,
+                      "overhead": fed_s / ref_s - 1, "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
+                      "launch_to_round1_s": statistics.median(r["launch_to_round1_s"] for r in runs),
+                      "fedlab_steady_rounds_s": steady, "reference_rounds_s": ref, "runs": runs}
+        print(f"{name}: fedlab {fed_s:.2f} s/round, reference {ref_s:.2f} s, overhead {fed_s / ref_s - 1:+.0%}, "
+              f"peak PSS {rows[name]['peak_pss_mb']:.0f} MB", flush=True)
+    out = Path(args.out)
+    old = json.loads(out.read_text())["workloads"] if out.exists() and args.only else {}
+    res = {"what": "peak PSS and steady seconds per round of `fedlab run` (evaluation only in the last round) "
+                   "against a zero-overhead fused loop (2 processes x 1 thread, the same fused training)",
+           "command": "python bench/bench_scale.py " + " ".join(sys.argv[1:]), "cpus": os.cpu_count(),
+           "rounds": args.rounds, "repeats": args.repeats, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "load_average_end": os.getloadavg(), "workloads": {**old, **rows}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
