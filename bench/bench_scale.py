@@ -2,17 +2,18 @@
 zero-overhead fused loop doing the same training.
 
 Each workload is launched as `fedlab run` (a fresh process, Ray, 2 single-threaded workers, the
-default packing: each worker holds half of the clients and trains them fused) with evaluation only
-in the last round (``eval.every`` above the rounds), so that a steady round is the training round:
-messages, fused training, replies, aggregation. Steady round = median of the ``wall_time_s``
-differences of rounds 2..R-1 (round 1 holds the workers' start, round R the evaluation).
+default packing: each worker holds half of the clients and trains them fused; the server evaluates
+the global model on the 10,000 test images after every round). Steady round = median of the
+``wall_time_s`` differences of rounds 2..R (round 1 holds the workers' start and data load).
 
-The reference ("zero-overhead fused loop") does only the training: two processes of one thread
-each, started together per round (a barrier), each running ``clients.fused.iter_fused`` over the
-clients of one worker exactly as that worker does (same shards, steps, batch size, optimizer, group
-size), with no Flower, Ray, messages, serialization or aggregation. Its round time is the slower
-half's. Overhead = fedlab's steady round / reference round - 1. Runs are interleaved (reference,
-fedlab) per workload; medians over the repeats.
+The reference ("zero-overhead fused loop") does only the work: two processes of one thread each,
+started together per round (a barrier), each running ``clients.fused.iter_fused`` over the clients
+of one worker exactly as that worker does (same shards, steps, batch size, optimizer, group size),
+then the same test-set evaluation (fedlab's evaluator, 2 threads) in one of them; no Flower, Ray,
+messages, serialization or aggregation. Its round time is the slower half's training plus the
+evaluation. Overhead = fedlab's steady round / reference round - 1. Runs are interleaved (reference,
+fedlab) per workload; medians over the repeats. D-PSGD skips its per-node evaluations
+(``strategy.node_eval_samples=0``): the consensus model is evaluated as in FedAvg.
 
     python bench/bench_scale.py --repeats 2 --rounds 5          # -> results/bench/scale.json
     python bench/bench_scale.py --only fedavg_100 --repeats 1
@@ -55,6 +56,7 @@ def _reference_worker(overrides: list[str], rounds: int, worker: int, workers: i
     from fedlab_app.compose import compose
     from fedlab_app.driver import initial_arrays
     from fedlab_app.local import Node
+    from fedlab_app.recorder import CentralEvaluator
     from fedlab_app.simulate import clients_per_worker
     from strategies.fedavg import sample_clients
 
@@ -68,6 +70,8 @@ def _reference_worker(overrides: list[str], rounds: int, worker: int, workers: i
              for pid in range(b * p, min((b + 1) * p, cfg.num_clients))}
     template = next(iter(nodes.values())).model
     frac = getattr(cfg.strategy.params, "fraction_train", 1.0)
+    evaluator = CentralEvaluator(cfg) if worker == 0 else None
+    arrays = initial_arrays(cfg)
     times = []
     for rnd in range(1, rounds + 1):
         sampled = set(sample_clients(range(cfg.num_clients), frac, 1, cfg.seed, rnd))
@@ -82,22 +86,39 @@ def _reference_worker(overrides: list[str], rounds: int, worker: int, workers: i
             for _, r in iter_fused(template, jobs, n0.local.norm, cfg.optimizer, batch_size=cfg.client.batch_size,
                                    lr=cfg.client.lr):
                 {k: v.detach().numpy() for k, v in r.state.items()}
-        times.append(time.perf_counter() - t0)
+        t_train = time.perf_counter() - t0
+        barrier.wait()  # both halves trained
+        t0 = time.perf_counter()
+        if evaluator is not None:  # the server's evaluation, 2 threads as in the server process
+            torch.set_num_threads(2)
+            evaluator(arrays)
+            torch.set_num_threads(1)
+        times.append((t_train, time.perf_counter() - t0))
     out.put((worker, times))
 
 
 def reference(overrides: list[str], rounds: int, workers: int = 2) -> list[float]:
-    """Per-round seconds of the zero-overhead fused loop (the slower of ``workers`` processes)."""
+    """Per-round seconds of the zero-overhead fused loop (the slower of ``workers`` processes' training,
+    plus the evaluation)."""
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(workers), ctx.Queue()
     procs = [ctx.Process(target=_reference_worker, args=(overrides, rounds, w, workers, barrier, out))
              for w in range(workers)]
     for p in procs:
         p.start()
-    got = dict(out.get(timeout=1800) for _ in procs)
+    got = {}
+    while len(got) < workers:
+        try:
+            w, times = out.get(timeout=5)
+            got[w] = times
+        except Exception:  # queue.Empty: is every process still alive?
+            if any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                raise RuntimeError("a reference process failed (its traceback is above)") from None
     for p in procs:
         p.join()
-    return [max(got[w][r] for w in got) for r in range(rounds)]
+    return [max(got[w][r][0] for w in got) + got[0][r][1] for r in range(rounds)]
 
 
 def main() -> None:
@@ -110,12 +131,12 @@ def main() -> None:
     names = [n for n in WORKLOADS if not args.only or n in args.only.split(",")]
     rows = {}
     for name in names:
-        over = [*WORKLOADS[name], f"eval.every={args.rounds + 1}"]
+        over = WORKLOADS[name]
         ref, runs = [], []
         for _ in range(args.repeats):
             ref += reference(over, args.rounds)[1:]
             runs.append(fedlab_run(args.rounds, *over))
-        steady = [t for r in runs for t in r["steady_rounds_s"][:-1]]  # rounds 2..R-1: no evaluation
+        steady = [t for r in runs for t in r["steady_rounds_s"]]
         fed_s, ref_s = statistics.median(steady), statistics.median(ref)
         rows[name] = {"overrides": over, "fedlab_round_s": fed_s, "reference_round_s": ref_s,
                       "overhead": fed_s / ref_s - 1, "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
@@ -125,8 +146,8 @@ def main() -> None:
               f"peak PSS {rows[name]['peak_pss_mb']:.0f} MB", flush=True)
     out = Path(args.out)
     old = json.loads(out.read_text())["workloads"] if out.exists() and args.only else {}
-    res = {"what": "peak PSS and steady seconds per round of `fedlab run` (evaluation only in the last round) "
-                   "against a zero-overhead fused loop (2 processes x 1 thread, the same fused training)",
+    res = {"what": "peak PSS and steady seconds per round of `fedlab run` against a zero-overhead fused loop "
+                   "(2 processes x 1 thread, the same fused training, then the same test-set evaluation)",
            "command": "python bench/bench_scale.py " + " ".join(sys.argv[1:]), "cpus": os.cpu_count(),
            "rounds": args.rounds, "repeats": args.repeats, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
            "load_average_end": os.getloadavg(), "workloads": {**old, **rows}}
