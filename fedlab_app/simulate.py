@@ -103,6 +103,9 @@ def simulate(cfg: config.Config) -> dict:
             return _write_interrupted(run_dir, cfg)
 
 
+MAX_AUTO_PACKING = 64
+
+
 def clients_per_worker(cfg: config.Config) -> int:
     """How many virtual clients one simulated node holds and trains together (``sim.clients_per_worker``).
 
@@ -110,14 +113,17 @@ def clients_per_worker(cfg: config.Config) -> int:
     run at once (cores / ``sim.cpus_per_client``), so that each worker trains its clients in one fused
     computation per round (``clients/fused.py``); asynchronous SGD (whose workers run on their own
     clocks), the centralized baseline and a run on a Ray cluster (``sim.ray_address``, whose cores this
-    machine cannot see) keep one client per node.
+    machine cannot see) keep one client per node. At most ``MAX_AUTO_PACKING`` clients per node: a
+    node's message and reply then stay small (64 LeNet-5 models: 16 MB), so that neither a worker nor
+    the server holds half the federation's models in one message, and fusing more than that gains
+    nothing (``train_fused`` trains groups of 8).
     """
     if cfg.sim.clients_per_worker:
         return cfg.sim.clients_per_worker
     if not strategies.REGISTRY[cfg.strategy.name].packs or cfg.sim.ray_address:  # a cluster: spread them
         return 1
     workers = max(1, int((os.cpu_count() or 1) // cfg.sim.cpus_per_client))
-    return max(1, math.ceil(cfg.num_clients / workers))
+    return max(1, min(math.ceil(cfg.num_clients / workers), MAX_AUTO_PACKING))
 
 
 def ray_init_args(cfg: config.Config) -> dict:

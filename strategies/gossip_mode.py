@@ -73,10 +73,13 @@ class GossipMode:
         self.restore = False
         by_pid = {int(r.content["metrics"]["partition-id"]): r.content for r in run.keep_ok(rnd, replies, grid, names)}
         del replies
-        post_y = [gossip.local_update(self.method, self.ys[i], self.ws[i], z_in[i], to_numpy(by_pid[i]["arrays"]))
-                  for i in range(m)]
+        metrics, post_y = [], []
+        for i in range(m):  # each reply's model read once and dropped: the server holds the states, not the replies
+            content = by_pid.pop(i)
+            metrics.append(dict(content["metrics"]))
+            post_y.append(gossip.local_update(self.method, self.ys[i], self.ws[i], z_in[i], to_numpy(content["arrays"])))
         post_w = list(self.ws)
-        del z_in
+        del z_in, content
         self.zs = None
         # this round's mixing step: matrix, link noise, the node-to-node messages, the mirrored states
         A = gossip.matrix_at(self.p, m, rnd, cfg.seed)
@@ -98,7 +101,7 @@ class GossipMode:
             accs = run.evaluate_subset(zs, self.p.node_eval_samples)
             row.update({"node_acc_mean": float(np.mean(accs)), "node_acc_min": float(np.min(accs)),
                         "node_acc_max": float(np.max(accs))})
-        return RoundOut(x_bar, [dict(by_pid[i]["metrics"]) for i in range(m)], m, row=row, bytes_by_node=round_bytes)
+        return RoundOut(x_bar, metrics, m, row=row, bytes_by_node=round_bytes)
 
     def state(self) -> dict:
         return {"nodes": {str(i): tree_torch(y) for i, y in enumerate(self.ys)},

@@ -100,3 +100,20 @@ def test_flatten_rejects_none_and_lists():
     with pytest.raises(config.ConfigError, match="c"):
         config.flatten({"c": [1, 2]})
     assert config.unflatten(config.flatten({"a": {"b": 1, "c": {"d": "x"}}})) == {"a": {"b": 1, "c": {"d": "x"}}}
+
+
+def test_auto_packing_spreads_clients_over_the_cores_with_a_cap(monkeypatch):
+    from fedlab_app import simulate
+
+    monkeypatch.setattr(simulate.os, "cpu_count", lambda: 2)
+
+    def packing(*overrides):
+        return simulate.clients_per_worker(config.parse(config.flatten(compose(*overrides))))
+
+    assert packing() == 5  # the default experiment: 10 clients over 2 workers
+    assert packing("num_clients=100") == 50
+    assert packing("num_clients=1000") == simulate.MAX_AUTO_PACKING == 64  # 16 nodes of <= 64 clients
+    assert packing("strategy=dpsgd", "num_clients=256", "client.local_steps=5") == 64  # gossip packs too
+    assert packing("strategy=async_sgd", "num_clients=6", "client.local_steps=1") == 1  # its own clocks
+    assert packing("num_clients=1000", "sim.clients_per_worker=500") == 500  # an explicit value wins
+    assert packing("num_clients=1000", "sim.ray_address=auto") == 1  # a cluster: this machine's cores say nothing
