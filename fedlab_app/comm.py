@@ -126,14 +126,15 @@ class CountingGrid:
                 if pid is not None:
                     self.node_names[rep.metadata.src_node_id] = int(pid)
 
-    def _count(self, direction: str, node: Any, msg: Message) -> None:
-        nbytes = message_bytes(msg)
+    def _count(self, direction: str, node: Any, msg: Message, nbytes: int | None = None) -> None:
+        nbytes = message_bytes(msg) if nbytes is None else nbytes
         self.ledger.record(direction, node, nbytes)
         self.round_bytes[node] += nbytes
 
-    def count_virtual(self, direction: str, name: Any, msg: Message) -> None:
-        """Count one logical message of a virtual client (packed into a transport message) as ``name``."""
-        self._count(direction, name, msg)
+    def count_virtual(self, direction: str, name: Any, msg: Message, nbytes: int | None = None) -> None:
+        """Count one logical message of a virtual client (packed into a transport message) as ``name``;
+        ``nbytes``: its payload when ``msg`` does not hold it (its model went into its node's block sums)."""
+        self._count(direction, name, msg, nbytes)
 
     def _carried(self, msgs: Iterable[Message]) -> None:
         for m in msgs:

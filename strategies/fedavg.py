@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedlab_base.checks import check
+from strategies.blocks import combine
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,16 @@ class SeededSampling:
         """Records sent with the model and config (none by default)."""
         return {}
 
+    def block_rule(self) -> dict | None:
+        """The config that lets nodes send block sums (``strategies/blocks.py``): ``agg-weight`` is the rule of
+        :func:`strategies.blocks.reply_weight`; None: this strategy needs every client's reply."""
+        return None
+
+    def aggregate_blocks(self, server_round: int, replies: list[Message],
+                         blocks: list) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """:meth:`aggregate_train` from the nodes' block sums; ``replies`` hold the clients' metrics only."""
+        raise NotImplementedError(f"{type(self).__name__} has no block_rule")
+
     def state(self) -> dict:
         """Server state a checkpoint must hold to resume exactly (``{name: {key: ndarray}}``)."""
         return {}
@@ -153,6 +164,15 @@ class FedAvgStrategy(SeededSampling, FedAvg):
         models = (to_numpy(c[self.arrayrecord_key]) for c in contents)  # one at a time
         weights = [float(c["metrics"][self.weighted_by_key]) for c in contents]
         return to_record(weighted_average(models, weights)), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    def block_rule(self) -> dict | None:
+        return {"agg-weight": "num-examples"} if self.weighted_by_key == "num-examples" else None
+
+    def aggregate_blocks(self, server_round: int, replies: list[Message],
+                         blocks: list) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The example-weighted average from block sums: ``sum_B S_B / sum_B C_B``."""
+        x, _ = combine(((b.sums, b.weight) for b in blocks), blocks[0].dtypes)
+        return to_record(x), self.train_metrics_aggr_fn(sorted_contents(replies), self.weighted_by_key)
 
 
 def build(cfg) -> FedAvgStrategy:

@@ -66,7 +66,7 @@ class GossipMode:
         msgs = [run.message(i, {"arrays": to_record(z_in[i]), "config": conf}) for i in range(m)]
         count = "down" if self.restore else None  # later messages carry the relayed models, counted below
         if run.packing > 1:
-            replies, names = send_packed(msgs, list(range(m)), grid, count=count, own_arrays=True)
+            replies, names, _ = send_packed(msgs, list(range(m)), grid, count=count, own_arrays=True)
         else:
             replies, names = grid.send_and_receive(msgs, count=count), None
         del msgs

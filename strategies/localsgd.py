@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedlab_base.checks import check, check_choice
+from strategies.blocks import combine
 from strategies.fedavg import Params as FedAvgParams
 from strategies.fedavg import (
     SeededSampling,
@@ -99,6 +100,35 @@ class LocalSGDStrategy(SeededSampling, FedAvg):
         x_avg = self.aggregate(part(0), contents)
         if self.params.momentum_mode == "average":
             self.opt_avg = weighted_average(part(1), [1.0] * len(contents))
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return to_record(self.outer_step(self.x_prev, x_avg, self.lr)), metrics
+
+    def block_rule(self) -> dict | None:
+        agg = self.params.aggregation
+        rule = {"mean": "one", "steps": "steps", "fednova": "fednova"}[agg]
+        return {"agg-weight": rule, "agg-momentum": float(self.client_momentum), "agg-nesterov": bool(self.nesterov)}
+
+    def aggregate_blocks(self, server_round: int, replies: list[Message],
+                         blocks: list) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """:meth:`aggregate_train` from block sums. FedNova: with ``q_i = n_i / a_i`` (the blocks' weights),
+        ``x_hat = sum q_i x_i / sum q_i`` and ``N = sum n_i``, its ``x_t - tau_eff sum_i p_i (x_t - x_i)/a_i``
+        is ``x_t - tau_eff (sum q_i / N) (x_t - x_hat)``."""
+        contents = sorted_contents(replies)
+        fednova = self.params.aggregation == "fednova"  # FedNova: x_hat stays float64 for its step
+        x_hat, q = combine(((b.sums, b.weight) for b in blocks),
+                           {k: "<f8" if fednova else blocks[0].dtypes[k] for k in blocks[0].sums})
+        if fednova:
+            sizes = [float(c["metrics"]["num-examples"]) for c in contents]
+            a = [fednova_a(int(c["metrics"]["steps"]), self.client_momentum, self.nesterov) for c in contents]
+            n = float(sum(sizes))
+            tau_eff = float(np.dot(np.asarray(sizes) / n, a))
+            x_avg = {k: (x0.astype(np.float64) - tau_eff * (q / n) * (x0.astype(np.float64) - x_hat[k])).astype(x0.dtype)
+                     for k, x0 in self.x_prev.items()}
+        else:
+            x_avg = x_hat
+        if self.params.momentum_mode == "average":
+            opt_dtypes = {k[len(OPTIMIZER_PREFIX):]: v for k, v in blocks[0].dtypes.items() if k.startswith(OPTIMIZER_PREFIX)}
+            self.opt_avg, _ = combine(((b.opt_sums, float(b.count)) for b in blocks), opt_dtypes)
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         return to_record(self.outer_step(self.x_prev, x_avg, self.lr)), metrics
 

@@ -17,11 +17,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from clients.fused import ClientJob, FusedResult, fused_plan, iter_fused
 from clients.optim import load_optimizer_state, optimizer_state
 from clients.train import round_first_epoch
+from strategies.blocks import Block, BlockSum, reply_weight
 from strategies.fedavg import to_numpy, to_record
 from strategies.modes import RoundOut, RoundPlan
 
@@ -40,15 +41,16 @@ def tree_numpy(tree: dict) -> dict:
 
 
 def send_packed(msgs: list, pids: list[int], grid: Any, count: str | None = "both",
-                own_arrays: bool = False) -> tuple[list, list[int]]:
-    """Send virtual clients' messages packed, one per node; return one reply per virtual client (and its name).
+                own_arrays: bool = False) -> tuple[list, list[int], list[Block]]:
+    """Send virtual clients' messages packed, one per node; return one reply per virtual client, its name,
+    and the nodes' block sums (``strategies/blocks.py``) in node order when the nodes sent sums.
 
     A node holds several virtual clients (``sim.clients_per_worker``). Its transport message carries
     the records of its clients' messages once (they are equal: model, config, server state), with
     the list of its clients (``pids``); with ``own_arrays`` each client's ``arrays`` differ (gossip:
     every node trains from its own model) and travel as ``arrays/<pid>``. The node's reply holds
     ``arrays/<pid>`` and ``metrics/<pid>`` per client; each becomes the reply that client would have
-    sent. Counted as the unpacked exchange would be (``count``: "both", "down" or None, one logical
+    sent (with block sums: its metrics only, the sums go to the strategy's ``aggregate_blocks``). Counted as the unpacked exchange would be (``count``: "both", "down" or None, one logical
     message per virtual client and direction), plus the transport messages that crossed Flower.
     """
     by_node: dict[int, list[int]] = {}
@@ -67,22 +69,34 @@ def send_packed(msgs: list, pids: list[int], grid: Any, count: str | None = "bot
     replies = grid.send_and_receive(transport, count=None)
     rep_of = {grid.replier(r): r for r in replies}  # node id -> its reply
     out = {pid: rep_of.get(node) for node, node_pids in by_node.items() for pid in node_pids}
+    blocks = [_block(rep_of[node]) for node in by_node
+              if node in rep_of and not rep_of[node].has_error() and "block" in rep_of[node].content]
     virtual, names = [], []
     for pid, m in zip(pids, msgs):
-        rep = out[pid]
+        rep, nbytes = out[pid], None
         if rep is None or rep.has_error():
             reason = rep.error.reason if rep is not None else "no reply"
             v = Message(Error(code=0, reason=f"node of client {pid}: {reason}"), reply_to=m)
+        elif "block" in rep.content:  # its model is in the node's sums; counted as the model it would have sent
+            v = Message(RecordDict({"metrics": rep.content[f"metrics/{pid}"]}), reply_to=m)
+            nbytes = int(rep.content["block"]["client-bytes"])
         else:
             v = Message(RecordDict({"arrays": rep.content[f"arrays/{pid}"],
                                     "metrics": rep.content[f"metrics/{pid}"]}), reply_to=m)
         if count in ("both", "down"):
             grid.count_virtual("down", pid, m)
         if count == "both":
-            grid.count_virtual("up", pid, v)
+            grid.count_virtual("up", pid, v, nbytes)
         virtual.append(v)
         names.append(pid)
-    return virtual, names
+    return virtual, names, blocks
+
+
+def _block(rep: Message) -> Block:
+    c = rep.content
+    return Block(to_numpy(c["block/sum"]), float(c["block"]["weight"]), int(c["block"]["count"]),
+                 to_numpy(c["block/opt-sum"]) if "block/opt-sum" in c else None,
+                 {k: str(v) for k, v in c["block/dtypes"].items()})
 
 
 class SyncMode:
@@ -104,14 +118,21 @@ class SyncMode:
     def round(self, plan: RoundPlan, grid: Any) -> RoundOut:
         rnd, s = plan.rnd, self.strategy
         conf = ConfigRecord({k: v for k, v in plan.train_config(self.name).items() if k != "server-round"})
+        rule = s.block_rule() if self.run.packing > 1 and all(
+            np.issubdtype(v.dtype, np.floating) for v in self.arrays.values()) else None
+        if rule:  # nodes send the weighted sums of their clients' models (strategies/blocks.py)
+            conf.update(rule)
         msgs = list(s.configure_train(rnd, to_record(self.arrays), conf, grid))
         if self.run.packing > 1:
-            replies, names = send_packed(msgs, list(s.sampled_pids), grid)
+            replies, names, blocks = send_packed(msgs, list(s.sampled_pids), grid)
             ok = self.run.keep_ok(rnd, replies, grid, names)
         else:
-            replies = grid.send_and_receive(msgs)
+            replies, blocks = grid.send_and_receive(msgs), []
             ok = self.run.keep_ok(rnd, replies, grid)
-        new, _ = s.aggregate_train(rnd, replies)
+        if rule:
+            new, _ = s.aggregate_blocks(rnd, ok, blocks) if blocks else (None, None)
+        else:
+            new, _ = s.aggregate_train(rnd, replies)
         if new is None:
             raise RuntimeError(f"round {rnd}: no client returned a result ({len(replies)} errors)")
         self.arrays = to_numpy(new)
@@ -157,7 +178,9 @@ def client_fit_block(msg: Any, nodes: list) -> Any:
 
     Each client keeps its own data order, step count, seed stream and optimizer state (keep: in the
     node's ``context.state`` under its partition id); the reply holds ``arrays/<pid>`` and
-    ``metrics/<pid>`` for each, as :func:`client_fit` would have replied for it alone.
+    ``metrics/<pid>`` for each, as :func:`client_fit` would have replied for it alone, or, when the
+    message asks for block sums (``agg-weight``), the clients' metrics and the weighted sum of their
+    models (``strategies/blocks.py``).
     """
     conf = msg.content["config"]
     mode, lr = str(conf.get("momentum-mode", "reset")), float(conf["lr"])
@@ -196,6 +219,8 @@ def client_fit_block(msg: Any, nodes: list) -> Any:
         n0 = nodes[0]
         results = iter_fused(n0.model, jobs, n0.local.norm, n0.cfg.optimizer, batch_size=n0.cfg.client.batch_size,
                              lr=lr, augment=n0.local.augment, return_opt_state=mode != "reset")
+    if "agg-weight" in conf:  # the strategy's weighted average, summed here (strategies/blocks.py)
+        return Message(RecordDict(_block_sums(conf, mode, nodes, results, state)), reply_to=msg)
     packed: dict[int, tuple] = {}
     for i, r in results:  # each result packed as it comes (bytes), its tensors dropped before the next group
         node = nodes[i]
@@ -209,3 +234,38 @@ def client_fit_block(msg: Any, nodes: list) -> Any:
     for i, node in enumerate(nodes):
         content[f"arrays/{node.pid}"], content[f"metrics/{node.pid}"] = packed[i]
     return Message(RecordDict(content), reply_to=msg)
+
+
+def _block_sums(conf: Any, mode: str, nodes: list, results, state: Any) -> dict:
+    """A block's reply content: each client's metrics, and the weighted sums of their models (and, with
+    ``momentum_mode=average``, the plain sums of their optimizer states) instead of the models.
+
+    ``block`` holds C = sum c_i, the client count and the bytes one client's reply would have had (the
+    logical count: every client's arrays have the same keys, shapes and dtypes); ``block/dtypes`` the
+    dtypes to cast the averages back to.
+    """
+    rule = str(conf["agg-weight"])
+    momentum, nesterov = float(conf.get("agg-momentum", 0.0)), bool(conf.get("agg-nesterov", False))
+    models, opts, metrics, client_bytes = BlockSum(), BlockSum(), {}, 0
+    for i, r in results:
+        node = nodes[i]
+        arrays = {k: v.detach().numpy() for k, v in r.state.items()}
+        metrics[i] = node.metrics(r.result)
+        models.add(arrays, reply_weight(rule, metrics[i], momentum, nesterov))
+        if mode == "keep":
+            state[f"{OPT_KEY}/{node.pid}"] = ArrayRecord({k: Array(v) for k, v in r.opt_state.items()})
+        elif mode == "average":
+            opts.add(r.opt_state, 1.0)
+        if not client_bytes:  # what this client's own reply would have carried
+            one = {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}
+            one.update({OPT_PREFIX + k: Array(v) for k, v in (r.opt_state or {}).items()} if mode == "average" else {})
+            client_bytes = ArrayRecord(one).count_bytes()
+    content = {f"metrics/{node.pid}": metrics[i] for i, node in enumerate(nodes)}
+    content["block/sum"] = ArrayRecord({k: Array(v) for k, v in models.sums.items()})
+    dtypes = dict(models.dtypes)
+    if mode == "average":
+        content["block/opt-sum"] = ArrayRecord({k: Array(v) for k, v in opts.sums.items()})
+        dtypes.update({OPT_PREFIX + k: v for k, v in opts.dtypes.items()})
+    content["block"] = MetricRecord({"weight": models.weight, "count": models.count, "client-bytes": client_bytes})
+    content["block/dtypes"] = ConfigRecord(dtypes)
+    return content

@@ -1,6 +1,7 @@
 """Several virtual clients per simulated node, trained fused (issue 17): the same results as one client per
 message (float tolerance 1e-5 on the weights after the run), the same logical message and byte counts,
-and fewer transport messages. Gossip too: its nodes train from their own models, packed per node."""
+and fewer transport messages. The FedAvg family's nodes send the weighted sums of their clients' models
+(strategies/blocks.py); Flower's FedAdam gets every client's model. Gossip too: its nodes train from their own models, packed per node."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ CASES = {
                        "system.profile=ratios", "system.ratios=1:2:3:4", "system.budget=2"),
     "fedavg_epochs": ("strategy=fedavg", "strategy.fraction_train=0.75"),  # epochs, partial batches, sampling
     "localsgd_keep": ("strategy=localsgd", "client.local_steps=3", "strategy.momentum_mode=keep", "rounds=3"),
+    # FedNova from block sums (heterogeneous J_i = 2, 4, 6, 8, momentum 0.9 in its a_i)
+    "fednova_unequal": ("strategy=fednova", "system.profile=ratios", "system.ratios=1:2:3:4", "system.budget=2"),
+    # a Flower strategy that needs every client's reply: packed, but no block sums
+    "fedadam": ("strategy=fedadam",),
     # gossip: every node trains from its own model (the server mixes), with noisy links and momentum kept
     "dpsgd_keep": ("strategy=dpsgd", "client.local_steps=3", "strategy.matrix=ring", "strategy.noise_std=0.01",
                    "strategy.momentum_mode=keep", "strategy.node_eval_samples=100", "rounds=3"),
@@ -36,7 +41,9 @@ def run(tmp, name, packing):
 
 
 @pytest.mark.parametrize("name", ["slowmo_unequal", "dpsgd_keep", pytest.param("fedavg_epochs", marks=pytest.mark.slow),
-                                  pytest.param("localsgd_keep", marks=pytest.mark.slow)])
+                                  pytest.param("localsgd_keep", marks=pytest.mark.slow),
+                                  pytest.param("fednova_unequal", marks=pytest.mark.slow),
+                                  pytest.param("fedadam", marks=pytest.mark.slow)])
 def test_packed_equals_one_client_per_message(name, tmp_path):
     (s1, m1, x1), (s2, m2, x2) = run(tmp_path, name, 1), run(tmp_path, name, 2)
     assert s1["status"] == s2["status"] == "finished"
