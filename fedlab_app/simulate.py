@@ -113,17 +113,22 @@ def clients_per_worker(cfg: config.Config) -> int:
     run at once (cores / ``sim.cpus_per_client``), so that each worker trains its clients in one fused
     computation per round (``clients/fused.py``); asynchronous SGD (whose workers run on their own
     clocks), the centralized baseline and a run on a Ray cluster (``sim.ray_address``, whose cores this
-    machine cannot see) keep one client per node. At most ``MAX_AUTO_PACKING`` clients per node: a
-    node's message and reply then stay small (64 LeNet-5 models: 16 MB), so that neither a worker nor
-    the server holds half the federation's models in one message, and fusing more than that gains
-    nothing (``train_fused`` trains groups of 8).
+    machine cannot see) keep one client per node. Where nodes reply with one model per client (gossip,
+    Flower's FedAdam/FedYogi/FedAvgM), at most ``MAX_AUTO_PACKING`` clients per node: a message and its
+    reply then stay small (64 LeNet-5 models: 16 MB), so that neither a worker nor the server holds half
+    the federation's models in one message, and fusing more than that gains nothing (``train_fused``
+    trains groups of 8). Where nodes reply with block sums (the FedAvg family, ``strategies/blocks.py``)
+    a reply is one model's sums whatever the count, so there is no cap: fewer messages per round.
     """
     if cfg.sim.clients_per_worker:
         return cfg.sim.clients_per_worker
     if not strategies.REGISTRY[cfg.strategy.name].packs or cfg.sim.ray_address:  # a cluster: spread them
         return 1
     workers = max(1, int((os.cpu_count() or 1) // cfg.sim.cpus_per_client))
-    return max(1, min(math.ceil(cfg.num_clients / workers), MAX_AUTO_PACKING))
+    spec = strategies.REGISTRY[cfg.strategy.name]
+    blocks = spec.mode is None and spec.build(cfg).block_rule() is not None
+    return max(1, math.ceil(cfg.num_clients / workers) if blocks else min(math.ceil(cfg.num_clients / workers),
+                                                                         MAX_AUTO_PACKING))
 
 
 def ray_init_args(cfg: config.Config) -> dict:

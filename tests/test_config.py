@@ -112,7 +112,8 @@ def test_auto_packing_spreads_clients_over_the_cores_with_a_cap(monkeypatch):
 
     assert packing() == 5  # the default experiment: 10 clients over 2 workers
     assert packing("num_clients=100") == 50
-    assert packing("num_clients=1000") == simulate.MAX_AUTO_PACKING == 64  # 16 nodes of <= 64 clients
+    assert packing("num_clients=1000") == 500  # block sums: a node's reply is one model's sums whatever the count
+    assert packing("num_clients=1000", "strategy=fedadam") == simulate.MAX_AUTO_PACKING == 64  # a model per client
     assert packing("strategy=dpsgd", "num_clients=256", "client.local_steps=5") == 64  # gossip packs too
     assert packing("strategy=async_sgd", "num_clients=6", "client.local_steps=1") == 1  # its own clocks
     assert packing("num_clients=1000", "sim.clients_per_worker=500") == 500  # an explicit value wins
