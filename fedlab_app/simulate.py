@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import secrets
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,22 @@ def ray_init_args(cfg: config.Config) -> dict:
     return {**args, "address": "local", "num_cpus": os.cpu_count() or 1}
 
 
+def _start_ray(init_args: dict) -> None:
+    """Start the private Ray instance before Flower would, without a runtime environment.
+
+    Flower's RayBackend starts Ray with ``runtime_env={"env_vars": {"PYTHONPATH": ...}}``, and Ray cannot give
+    a job with a runtime environment the worker processes it starts ahead of time: the actors wait for new
+    ones (0.95 s against 0.24 s for two actors here). Started here, with this process's ``sys.path`` as
+    ``PYTHONPATH`` in the environment that Ray's processes inherit, the workers start with Ray; Flower finds
+    Ray running, skips its own ``ray.init``, and its backend still shuts Ray down at the end. A Ray cluster
+    (``sim.ray_address``) is left to Flower: its machines need the runtime environment.
+    """
+    import ray  # heavy: imported only when simulating
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (*sys.path, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(**init_args)
+
+
 def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
     """Run ``cfg`` on Flower's simulation engine in this process; always returns with no thread left."""
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -172,6 +189,8 @@ def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
     server_app.setup_logging()
     before, error = set(threading.enumerate()), None
     try:
+        if not cfg.sim.ray_address:
+            _start_ray(backend_config["init_args"])
         _run_simulation(num_supernodes=math.ceil(cfg.num_clients / cfg.sim.clients_per_worker), exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                         client_app_attr="fedlab_app.client_app:app", server_app_attr="fedlab_app.server_app:app",
                         backend_config=backend_config, server_app_context=context, app_dir=str(APP_DIR),
@@ -184,6 +203,9 @@ def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
         error = exc
     finally:
         quiet.setLevel(old_level)
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():  # Flower shuts Ray down unless it failed before its backend
+            ray.shutdown()
     stuck = _stop_threads(before)
     summary = _read_summary(run_dir)
     if stuck or (error is not None and summary.get("status") != "failed"):

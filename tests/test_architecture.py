@@ -13,7 +13,7 @@ from conftest import ROOT
 PACKAGES = ("fedlab_app", "clients", "strategies", "fedlab_base")
 # imported where they are used: heavy, optional, or only needed by one command
 LAZY_OK = ("hydra", "omegaconf", "matplotlib", "PIL", "datasets", "flwr_datasets", "cryptography", "scipy", "jinja2",
-           "mlflow", "tensorboard", "torch.utils.tensorboard", "flwr.simulation")
+           "mlflow", "tensorboard", "torch.utils.tensorboard", "flwr.simulation", "ray")
 
 
 def test_import_linter_contracts_hold():
