@@ -123,13 +123,13 @@ def clients_per_worker(cfg: config.Config) -> int:
     """
     if cfg.sim.clients_per_worker:
         return cfg.sim.clients_per_worker
-    if not strategies.REGISTRY[cfg.strategy.name].packs or cfg.sim.ray_address:  # a cluster: spread them
+    spec = strategies.REGISTRY[cfg.strategy.name]
+    if not spec.packs or cfg.sim.ray_address:  # a cluster: spread them
         return 1
     workers = max(1, int((os.cpu_count() or 1) // cfg.sim.cpus_per_client))
-    spec = strategies.REGISTRY[cfg.strategy.name]
-    blocks = spec.mode is None and spec.build(cfg).block_rule() is not None
-    return max(1, math.ceil(cfg.num_clients / workers) if blocks else min(math.ceil(cfg.num_clients / workers),
-                                                                         MAX_AUTO_PACKING))
+    per_worker = math.ceil(cfg.num_clients / workers)
+    block_sums = spec.mode is None and spec.build(cfg).block_rule() is not None
+    return max(1, per_worker if block_sums else min(per_worker, MAX_AUTO_PACKING))
 
 
 def ray_init_args(cfg: config.Config) -> dict:

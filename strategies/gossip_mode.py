@@ -36,6 +36,7 @@ from strategies.fedavg import to_numpy, to_record
 from strategies.modes import RoundOut, RoundPlan
 from strategies.sync import send_packed, tree_numpy, tree_torch
 
+
 class GossipMode:
     """D-PSGD, SGP and GoSGD rounds over the counting grid (``run.cfg.strategy.name`` picks the method)."""
 
@@ -75,22 +76,22 @@ class GossipMode:
         del replies
         metrics, post_y = [], []
         for i in range(m):  # each reply's model read once and dropped: the server holds the states, not the replies
-            content = by_pid.pop(i)
-            metrics.append(dict(content["metrics"]))
-            post_y.append(gossip.local_update(self.method, self.ys[i], self.ws[i], z_in[i], to_numpy(content["arrays"])))
+            reply = by_pid.pop(i)
+            metrics.append(dict(reply["metrics"]))
+            post_y.append(gossip.local_update(self.method, self.ys[i], self.ws[i], z_in[i], to_numpy(reply["arrays"])))
         post_w = list(self.ws)
-        del z_in, content
+        del z_in
         self.zs = None
         # this round's mixing step: matrix, link noise, the node-to-node messages, the mirrored states
         A = gossip.matrix_at(self.p, m, rnd, cfg.seed)
         sigma = self.p.noise_std * self.p.noise_decay ** (rnd - 1)
-        sizes = [to_record(y).count_bytes() for y in post_y]
+        size = to_record(post_y[0]).count_bytes()  # every node's y has the same keys, shapes and dtypes
         round_bytes: dict[int, int] = {i: 0 for i in range(m)}
         for i in range(m):
             for j in gossip.senders(A, i):
-                grid.transfer(j, i, sizes[j])
-                round_bytes[i] += sizes[j]
-                round_bytes[j] += sizes[j]
+                grid.transfer(j, i, size)
+                round_bytes[i] += size
+                round_bytes[j] += size
         before = gossip.consensus(post_y, post_w)
         self.ys, self.ws = gossip.mix_all(A, post_y, post_w,
                                           lambda j, i: gossip.link_noise(post_y[j], sigma, cfg.seed, rnd, j, i))

@@ -50,8 +50,9 @@ def send_packed(msgs: list, pids: list[int], grid: Any, count: str | None = "bot
     the list of its clients (``pids``); with ``own_arrays`` each client's ``arrays`` differ (gossip:
     every node trains from its own model) and travel as ``arrays/<pid>``. The node's reply holds
     ``arrays/<pid>`` and ``metrics/<pid>`` per client; each becomes the reply that client would have
-    sent (with block sums: its metrics only, the sums go to the strategy's ``aggregate_blocks``). Counted as the unpacked exchange would be (``count``: "both", "down" or None, one logical
-    message per virtual client and direction), plus the transport messages that crossed Flower.
+    sent (with block sums: its metrics only, the sums go to the strategy's ``aggregate_blocks``).
+    Counted as the unpacked exchange would be (``count``: "both", "down" or None, one logical message
+    per virtual client and direction), plus the transport messages that crossed Flower.
     """
     by_node: dict[int, list[int]] = {}
     msg_of = dict(zip(pids, msgs))
@@ -127,7 +128,7 @@ class SyncMode:
             replies, names, blocks = send_packed(msgs, list(s.sampled_pids), grid)
             ok = self.run.keep_ok(rnd, replies, grid, names)
         else:
-            replies, blocks = grid.send_and_receive(msgs), []
+            replies = grid.send_and_receive(msgs)
             ok = self.run.keep_ok(rnd, replies, grid)
         if rule:
             new, _ = s.aggregate_blocks(rnd, ok, blocks) if blocks else (None, None)
@@ -220,50 +221,42 @@ def client_fit_block(msg: Any, nodes: list) -> Any:
         results = iter_fused(n0.model, jobs, n0.local.norm, n0.cfg.optimizer, batch_size=n0.cfg.client.batch_size,
                              lr=lr, augment=n0.local.augment, return_opt_state=mode != "reset")
     if "agg-weight" in conf:  # the strategy's weighted average, summed here (strategies/blocks.py)
-        return Message(RecordDict(_block_sums(conf, mode, nodes, results, state)), reply_to=msg)
-    packed: dict[int, tuple] = {}
-    for i, r in results:  # each result packed as it comes (bytes), its tensors dropped before the next group
+        rule, momentum = str(conf["agg-weight"]), float(conf.get("agg-momentum", 0.0))
+        nesterov, models, opts = bool(conf.get("agg-nesterov", False)), BlockSum(), BlockSum()
+    content, client_bytes = {}, 0
+    for i, r in results:  # each result packed or summed as it comes, its tensors dropped before the next group
         node = nodes[i]
-        arrays = {k: Array(v.detach().contiguous().numpy()) for k, v in r.state.items()}
+        metrics = content[f"metrics/{node.pid}"] = node.metrics(r.result)
         if mode == "keep":
             state[f"{OPT_KEY}/{node.pid}"] = ArrayRecord({k: Array(v) for k, v in r.opt_state.items()})
-        elif mode == "average":
-            arrays.update({OPT_PREFIX + k: Array(v) for k, v in r.opt_state.items()})
-        packed[i] = (ArrayRecord(arrays), node.metrics(r.result))
-    content = {}
-    for i, node in enumerate(nodes):
-        content[f"arrays/{node.pid}"], content[f"metrics/{node.pid}"] = packed[i]
+        if "agg-weight" not in conf:
+            content[f"arrays/{node.pid}"] = ArrayRecord(_reply_arrays(r, mode))
+            continue
+        models.add({k: v.detach().numpy() for k, v in r.state.items()}, reply_weight(rule, metrics, momentum, nesterov))
+        if mode == "average":
+            opts.add(r.opt_state, 1.0)
+        client_bytes = client_bytes or ArrayRecord(_reply_arrays(r, mode)).count_bytes()  # its own reply's size
+    if "agg-weight" in conf:
+        content.update(_block_content(models, opts if mode == "average" else None, client_bytes))
     return Message(RecordDict(content), reply_to=msg)
 
 
-def _block_sums(conf: Any, mode: str, nodes: list, results, state: Any) -> dict:
-    """A block's reply content: each client's metrics, and the weighted sums of their models (and, with
-    ``momentum_mode=average``, the plain sums of their optimizer states) instead of the models.
-
-    ``block`` holds C = sum c_i, the client count and the bytes one client's reply would have had (the
-    logical count: every client's arrays have the same keys, shapes and dtypes); ``block/dtypes`` the
-    dtypes to cast the averages back to.
-    """
-    rule = str(conf["agg-weight"])
-    momentum, nesterov = float(conf.get("agg-momentum", 0.0)), bool(conf.get("agg-nesterov", False))
-    models, opts, metrics, client_bytes = BlockSum(), BlockSum(), {}, 0
-    for i, r in results:
-        node = nodes[i]
-        arrays = {k: v.detach().numpy() for k, v in r.state.items()}
-        metrics[i] = node.metrics(r.result)
-        models.add(arrays, reply_weight(rule, metrics[i], momentum, nesterov))
-        if mode == "keep":
-            state[f"{OPT_KEY}/{node.pid}"] = ArrayRecord({k: Array(v) for k, v in r.opt_state.items()})
-        elif mode == "average":
-            opts.add(r.opt_state, 1.0)
-        if not client_bytes:  # what this client's own reply would have carried
-            one = {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}
-            one.update({OPT_PREFIX + k: Array(v) for k, v in (r.opt_state or {}).items()} if mode == "average" else {})
-            client_bytes = ArrayRecord(one).count_bytes()
-    content = {f"metrics/{node.pid}": metrics[i] for i, node in enumerate(nodes)}
-    content["block/sum"] = ArrayRecord({k: Array(v) for k, v in models.sums.items()})
-    dtypes = dict(models.dtypes)
+def _reply_arrays(r: FusedResult, mode: str) -> dict[str, Array]:
+    """What a client's own reply carries: its model, and with ``momentum_mode=average`` its optimizer state."""
+    arrays = {k: Array(v.detach().contiguous().numpy()) for k, v in r.state.items()}
     if mode == "average":
+        arrays.update({OPT_PREFIX + k: Array(v) for k, v in r.opt_state.items()})
+    return arrays
+
+
+def _block_content(models: BlockSum, opts: BlockSum | None, client_bytes: int) -> dict:
+    """A block's records: the weighted sums of its clients' models (and the plain sums of their optimizer
+    states, ``momentum_mode=average``) instead of the models; ``block`` holds C = sum c_i, the client count
+    and the bytes one client's reply would have had (the logical count: every client's arrays have the same
+    keys, shapes and dtypes); ``block/dtypes`` the dtypes to cast the averages back to."""
+    content = {"block/sum": ArrayRecord({k: Array(v) for k, v in models.sums.items()})}
+    dtypes = dict(models.dtypes)
+    if opts is not None:
         content["block/opt-sum"] = ArrayRecord({k: Array(v) for k, v in opts.sums.items()})
         dtypes.update({OPT_PREFIX + k: v for k, v in opts.dtypes.items()})
     content["block"] = MetricRecord({"weight": models.weight, "count": models.count, "client-bytes": client_bytes})
