@@ -7,7 +7,8 @@ initial model, label plot, waiting for nodes, asking them for their partitions),
 their process started, when the ClientApp module was imported, when the handler started, when its data and model
 were ready and when it finished training, on the same clock.
 
-    python bench/bench_startup.py      # -> results/bench/startup.json
+    python bench/bench_startup.py                  # -> results/bench/startup.json
+    python bench/bench_startup.py --no-early-ray   # Ray started only when the simulation starts, as before
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ def mark(what: str) -> None:
 
 mark("python up")
 sys.path.insert(0, str(ROOT))
+TMP = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+os.environ["FEDLAB_TIMELINE"] = str(TMP / "clients.jsonl")  # the Ray workers inherit it
+ARGV = ["run", "rounds=2", f"out_dir={TMP / 'run'}"]
+EARLY = "--no-early-ray" not in sys.argv
+from fedlab_app import ray_start  # noqa: E402
+
+if EARLY:
+    ray_start.start_early(ARGV)  # as the fedlab script does (fedlab_app/launch.py)
+    mark("Ray starting (thread)")
+    ray_start.wait_until_up()
+    mark("Ray up")
 from fedlab_app import cli  # noqa: E402
 
 mark("CLI imported")
@@ -69,7 +81,8 @@ def main() -> None:
     for mod, name, label in [(simulate, "_run_flower", "simulation"), (driver, "initial_arrays", "initial model"),
                              (plots, "plot_label_distribution", "label plot"),
                              (driver, "wait_for_nodes", "wait for nodes"), (driver, "discover", "ask the nodes"),
-                             (sync.SyncMode, "round", "round (train + aggregate)")]:
+                             (sync.SyncMode, "round", "round (train + aggregate)"),
+                             (ray_start, "start", "Ray up (taken over or started)")]:
         traced(mod, name, label)
     end = Recorder.end_of_round
 
@@ -78,10 +91,8 @@ def main() -> None:
         mark(f"end of round {rnd} (evaluation, checkpoint)")
         return out
     Recorder.end_of_round = end_of_round
-    tmp = Path(tempfile.mkdtemp(prefix="bench-startup-"))
-    clients = tmp / "clients.jsonl"
-    os.environ["FEDLAB_TIMELINE"] = str(clients)  # the Ray workers inherit it
-    sys.argv = ["fedlab", "run", "rounds=2", f"out_dir={tmp / 'run'}"]
+    tmp, clients = TMP, TMP / "clients.jsonl"
+    sys.argv = ["fedlab", *ARGV]
     try:
         cli.main()
     except SystemExit:
@@ -91,7 +102,7 @@ def main() -> None:
                 for k, v in json.loads(line).items()} for line in clients.read_text().splitlines()]
     shutil.rmtree(tmp, ignore_errors=True)
     res = {"what": "timeline of `fedlab run rounds=2` (default experiment), seconds since the process started",
-           "command": "python bench/bench_startup.py", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "command": "python bench/bench_startup.py" + ("" if EARLY else " --no-early-ray"), "early_ray": EARLY, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
            "load_average": os.getloadavg(), "server": [{"t": t, "event": e} for t, e in EVENTS],
            "workers": workers}
     out = ROOT / "results" / "bench" / "startup.json"

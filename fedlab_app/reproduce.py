@@ -46,7 +46,7 @@ from fedlab_app.compose import CONF_DIR
 from fedlab_app.html_report import build_report, find_chromium, screenshot
 
 DONE = ("finished", "diverged")
-RUN_CMD = (sys.executable, "-c", "from fedlab_app.cli import main; main()", "run")
+RUN_CMD = (sys.executable, "-c", "from fedlab_app.launch import main; main()", "run")  # the fedlab script
 _LIVE: set[subprocess.Popen] = set()  # the jobs running now
 _SIGNALLED: set[subprocess.Popen] = set()  # the running jobs that got their one SIGINT
 

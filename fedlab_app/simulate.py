@@ -27,7 +27,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
 
 import strategies
-from fedlab_app import config, driver, server_app
+from fedlab_app import config, driver, ray_start, server_app
 from fedlab_app.interrupt import INTERRUPTED_EXIT, _first_sigint_raises, _stop_threads
 from fedlab_app.recorder import LoopState, make_summary
 from fedlab_app.results import RunDir, RunDirBusy
@@ -99,7 +99,10 @@ def simulate(cfg: config.Config) -> dict:
     with _locked(run_dir), _first_sigint_raises():
         try:
             preflight(cfg, simulation=direct is None)
-            return _run_direct(cfg, run_dir, direct) if direct is not None else _run_flower(cfg, run_dir)
+            if direct is not None:
+                ray_start.discard()  # the fedlab script may have started Ray: this mode does not use it
+                return _run_direct(cfg, run_dir, direct)
+            return _run_flower(cfg, run_dir)
         except KeyboardInterrupt:
             return _write_interrupted(run_dir, cfg)
 
@@ -140,12 +143,10 @@ def ray_init_args(cfg: config.Config) -> dict:
     Joining a cluster, Flower sizes its actor pool from every node's CPUs, and each Ray worker gets
     this process's ``sys.path`` as ``PYTHONPATH``: every machine needs the project at the same path.
     """
-    args = {"include_dashboard": False, "logging_level": logging.INFO if cfg.verbose else logging.ERROR}
     if cfg.sim.ray_address:
-        return {**args, "address": cfg.sim.ray_address}
-    # "local": always a new private instance, even where `ray start` left a cluster (or its address file,
-    # /tmp/ray/ray_current_cluster) behind; ray.init() would otherwise try to join it and refuse num_cpus
-    return {**args, "address": "local", "num_cpus": os.cpu_count() or 1}
+        return {"include_dashboard": False, "logging_level": logging.INFO if cfg.verbose else logging.ERROR,
+                "address": cfg.sim.ray_address}
+    return ray_start.private_init_args(cfg.verbose)
 
 
 def _start_ray(init_args: dict) -> None:
@@ -156,19 +157,15 @@ def _start_ray(init_args: dict) -> None:
     ones (0.95 s against 0.24 s for two actors here). Started here, with this process's ``sys.path`` as
     ``PYTHONPATH`` in the environment that Ray's processes inherit, the workers start with Ray; Flower finds
     Ray running, skips its own ``ray.init``, and its backend still shuts Ray down at the end. A Ray cluster
-    (``sim.ray_address``) is left to Flower: its machines need the runtime environment.
+    (``sim.ray_address``) is left to Flower: its machines need the runtime environment. The ``fedlab``
+    script may have started this instance already, while the CLI imported (``fedlab_app/ray_start.py``).
     """
-    import ray  # heavy: imported only when simulating
-
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (*sys.path, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(**init_args)
+    ray_start.start(init_args)
 
 
 def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
     """Run ``cfg`` on Flower's simulation engine in this process; always returns with no thread left."""
-    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray_start.set_worker_env()
     from flwr.simulation.run_simulation import (
         _run_simulation,  # starts Ray: imported only when simulating
     )

@@ -164,8 +164,17 @@ def distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
 def consensus_distance(zs: Sequence[dict[str, np.ndarray]]) -> float:
     """``(1/M) sum_i ||z_i - z_mean||^2`` over all float entries (z_mean the plain mean of the z_i)."""
     keys = [k for k, v in zs[0].items() if np.issubdtype(v.dtype, np.floating)]
-    flat = np.stack([np.concatenate([z[k].ravel().astype(np.float64) for k in keys]) for z in zs])  # (M, P)
-    return float(np.mean(np.sum((flat - flat.mean(0)) ** 2, axis=1)))
+
+    def flat(z: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([z[k].ravel().astype(np.float64) for k in keys])
+
+    # one node's float64 copy at a time, not an (M, P) matrix (256 LeNet-5 nodes: 126 MB, and as much again
+    # for each temporary); the same sums in the same order as ``flat.mean(0)`` and ``sum(axis=1)`` of it
+    total = flat(zs[0])
+    for z in zs[1:]:
+        total += flat(z)
+    mean = total / len(zs)
+    return float(np.mean(np.array([np.sum((flat(z) - mean) ** 2) for z in zs])))
 
 
 DEFAULT_MATRIX = {"dpsgd": "ring", "sgp": "directed_exponential", "gosgd": "gosgd"}

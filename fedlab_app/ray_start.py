@@ -1,0 +1,145 @@
+"""Starting the private Ray instance of a simulated run first, so that its workers load while the CLI does.
+
+``fedlab run`` spent its first 2 s importing torch, Flower and the strategies; ``ray.init`` then took 3 s,
+most of it waiting for Ray's own processes (GCS, raylet, API server, monitors), and only then did Ray's
+worker processes start and import torch and Flower for 2-3 s more. One after the other: 8 s before round 1.
+
+``start_early`` (the ``fedlab`` script, ``fedlab_app/launch.py``, calls it before it imports the CLI) runs
+``ray.init`` in a thread when the command line is one plain simulated run (``fedlab run key=value ...``: no
+sweep, no Hydra flag, no Ray cluster named), with the arguments a private instance gets
+(``private_init_args``). The thread lives as long as the process: Ray's processes die with the thread that
+started them. Ray's workers import the ClientApp as soon as they start (``WORKER_PRELOAD``), beside the
+CLI's imports. ``start`` (``fedlab_app/simulate.py``) takes the instance over when the run asks for exactly
+these arguments; otherwise (``verbose=true`` or ``sim.ray_address`` in a config file) it shuts it down and
+starts its own, and a centralized run, which needs no Ray, shuts it down (``discard``). At exit an instance
+nobody took over is shut down, or dies with the process while it is still starting, so that a configuration
+error leaves no Ray process behind.
+
+This module imports only the standard library at its top: it runs before torch is imported.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import logging
+import os
+import signal
+import sys
+import threading
+
+# what every worker of a private instance imports as soon as it starts, before Flower asks for an actor
+# (Ray's ``preload_python_modules``; Flower's app loader then finds the ClientApp in ``sys.modules``)
+WORKER_PRELOAD = ("flwr.simulation.ray_transport.ray_actor", "fedlab_app.client_app")
+
+_early: dict = {}  # "ready" (an Event), "args", "error" of the instance start_early started; emptied when taken
+
+
+def private_init_args(verbose: bool) -> dict:
+    """``ray.init`` arguments of a private instance with this machine's cores.
+
+    ``address="local"``: always a new instance, even where ``ray start`` left a cluster (or its address
+    file, /tmp/ray/ray_current_cluster) behind; ``ray.init()`` would otherwise try to join it and refuse
+    ``num_cpus``.
+    """
+    return {"include_dashboard": False, "logging_level": logging.INFO if verbose else logging.ERROR,
+            "address": "local", "num_cpus": os.cpu_count() or 1,
+            "_system_config": {"preload_python_modules": list(WORKER_PRELOAD)}}
+
+
+def set_worker_env() -> None:
+    """The environment Ray's processes inherit: this process's ``sys.path`` as ``PYTHONPATH`` (no runtime
+    environment is given, see ``fedlab_app/simulate.py::_start_ray``) and Flower's and Ray's switches."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (*sys.path, os.environ.get("PYTHONPATH", "")) if p)
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def plain_simulated_run(argv: list[str]) -> bool:
+    """Whether ``fedlab ARGV`` is one simulated run whose Ray arguments the command line already tells:
+    ``run`` followed only by ``key=value`` overrides, none of them a Hydra flag, a sweep or a Ray cluster."""
+    if not argv or argv[0] != "run":
+        return False
+    for arg in argv[1:]:
+        key, eq, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not eq or arg.startswith("-") or "," in value or key.startswith("hydra") or "ray_address" in key:
+            return False
+        if key == "verbose" and value.lower() not in ("false", "0"):  # Ray logs at INFO then
+            return False
+    return True
+
+
+def start_early(argv: list[str]) -> bool:
+    """Start a private Ray instance in a background thread if ``argv`` is a plain simulated run."""
+    if _early or not plain_simulated_run(argv):
+        return False
+    args = private_init_args(verbose=False)
+    set_worker_env()
+    _early.update(args=args, error=None)
+
+    def init() -> None:
+        try:
+            import ray  # heavy: imported only when simulating
+
+            ray.init(**copy.deepcopy(args))  # ray.init adds its own keys to _system_config
+        except Exception as exc:  # start() then starts Ray itself, and raises what it raises there
+            _early["error"] = exc
+        finally:
+            ready.set()
+        # Ray's processes die with the thread that started them (Linux's parent-death signal, Ray's
+        # fate sharing): this thread lives as long as the process
+        threading.Event().wait()
+
+    ready = threading.Event()
+    _early["ready"] = ready
+    # what ray.init does in the main thread, and cannot do in this one: SIGTERM exits through atexit
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    threading.Thread(target=init, name="fedlab-ray-start", daemon=True).start()
+    atexit.register(_at_exit)
+    return True
+
+
+def wait_until_up() -> None:
+    """Wait until the early start has returned (Ray up, or failed: ``start`` then tries again)."""
+    if _early:
+        _early["ready"].wait()
+
+
+def _take() -> dict | None:
+    """Wait for the early start; the arguments of the instance it left running, or None."""
+    if not _early:
+        return None
+    _early["ready"].wait()
+    args, error = _early["args"], _early["error"]
+    _early.clear()
+    ray = sys.modules.get("ray")
+    return args if error is None and ray is not None and ray.is_initialized() else None
+
+
+def discard() -> None:
+    """Shut down an early instance that no run took over (a no-op once ``start`` has taken it)."""
+    if _take() is not None:
+        sys.modules["ray"].shutdown()
+
+
+def _at_exit() -> None:
+    """At exit, an instance nobody took over: shut down if it is up; if it is still starting, exit at once:
+    its processes die with this one (they get Linux's parent-death signal, Ray's fate sharing), so a
+    configuration error is reported without waiting for Ray."""
+    if _early and _early["ready"].is_set():
+        discard()
+
+
+def start(init_args: dict) -> None:
+    """Make a private Ray instance with ``init_args`` run: the early one when its arguments are these."""
+    early = _take()
+    if early is not None and early == init_args:
+        return
+    import ray  # heavy: imported only when simulating
+
+    if early is not None:
+        ray.shutdown()
+    set_worker_env()
+    ray.init(**copy.deepcopy(init_args))

@@ -1,0 +1,125 @@
+"""The ``fedlab`` script starts a simulated run's Ray while the CLI imports (``fedlab_app/ray_start.py``).
+
+Checked: which command lines start Ray early; that the run takes the early instance over when it asks for
+the same arguments and starts its own otherwise; that a configuration error through the script exits 2
+with its message and leaves no Ray process; and (slow) a whole run through the script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from fedlab_app.ray_start import plain_simulated_run, private_init_args
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = (sys.executable, "-c", "from fedlab_app.launch import main; main()")
+
+
+@pytest.mark.parametrize("argv, early", [
+    (["run"], True),
+    (["run", "num_clients=20", "strategy=fedavg", "+seed=3", "verbose=false"], True),
+    (["run", "--multirun", "num_clients=1,2"], False),  # a sweep: one Ray per job
+    (["run", "num_clients=1,2"], False),
+    (["run", "sim.ray_address=auto"], False),  # joins a cluster: Flower starts it
+    (["run", "verbose=true"], False),  # Ray logs at INFO then
+    (["run", "hydra.run.dir=x"], False),
+    (["run", "--cfg", "job"], False),
+    (["plot", "results/x"], False),
+    ([], False),
+])
+def test_which_command_lines_start_ray_early(argv, early):
+    assert plain_simulated_run(argv) is early
+
+
+def _ray_processes(temp: str) -> list[str]:
+    """Command lines of the live processes that belong to the Ray instance whose temp dir is ``temp``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if temp in cmd and "pytest" not in cmd:
+            found.append(f"{proc.name} {cmd[:160]}")
+    return found
+
+
+TAKEOVER = """
+import json
+from fedlab_app import ray_start
+import ray
+
+def session():
+    return ray._private.worker._global_node.session_name
+
+sessions = []
+for verbose in (False, True):  # the early instance's arguments, then others (Ray logging at INFO)
+    assert ray_start.start_early(["run", "rounds=1"])
+    ray_start._early["ready"].wait()
+    early = session()
+    ray_start.start(ray_start.private_init_args(verbose=verbose))
+    sessions.append([early, session()])
+    assert not ray_start._early
+    ray.shutdown()
+print(json.dumps(sessions))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_takes_the_early_instance_over_when_its_arguments_match():
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX
+    try:
+        proc = subprocess.run([sys.executable, "-c", TAKEOVER], capture_output=True, text=True, timeout=120,
+                              cwd=ROOT, env={**os.environ, "RAY_TMPDIR": temp})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (early, same), (early2, other) = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert early == same  # taken over
+        assert other != early2  # shut down, and a new one started
+        assert _ray_processes(temp) == []
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_config_error_through_the_script_leaves_no_ray_process():
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    try:
+        proc = subprocess.run([*LAUNCH, "run", "client.lr=-1"], capture_output=True, text=True, timeout=120,
+                              cwd=ROOT, env={**os.environ, "RAY_TMPDIR": temp})
+        assert proc.returncode == 2
+        assert "configuration error: client.lr=-1" in proc.stderr, proc.stderr[-2000:]
+        time.sleep(1.0)  # processes killed at exit may take a moment to go
+        assert _ray_processes(temp) == []
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_private_arguments_preload_the_client_app():
+    args = private_init_args(verbose=False)
+    assert args["address"] == "local" and args["num_cpus"] >= 1
+    assert "fedlab_app.client_app" in args["_system_config"]["preload_python_modules"]
+
+
+@pytest.mark.slow
+def test_a_run_through_the_script_finishes(tmp_path):
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    try:
+        proc = subprocess.run([*LAUNCH, "run", "rounds=2", "num_clients=4", "dataset.limit_train=800",
+                               f"out_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
+                              cwd=ROOT, env={**os.environ, "RAY_TMPDIR": temp})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["rounds"] == 2
+        assert len(list(Path(temp).glob("ray/session_2*"))) == 1  # one Ray instance: the early one, taken over
+        time.sleep(1.0)
+        assert _ray_processes(temp) == []
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
