@@ -7,7 +7,7 @@ grouped by kind: the server (``fedlab run``), the Ray workers holding the virtua
 (``ClientAppActor``) and Ray's own services (gcs, raylet, dashboard, agents, monitors).
 
     python bench/bench_memory.py --repeats 2 --rounds 3        # every workload below
-    python bench/bench_memory.py --only default --repeats 1    # one of them
+    python bench/bench_memory.py --only default --repeats 1    # one of them (the others kept in the file)
     # -> results/bench/memory.json
 """
 
@@ -101,7 +101,11 @@ def main() -> None:
             runs.append(measure(args.rounds, WORKLOADS[name]))
             print(f"{name} run {i + 1}: peak PSS {runs[-1]['peak_pss_mb']:.0f} MB {runs[-1]['by_kind_mb']}", flush=True)
         workloads[name] = {"overrides": WORKLOADS[name], "peak_pss_mb_max": max(r["peak_pss_mb"] for r in runs),
-                           "runs": runs}
+                           "runs": runs, "command": "python bench/bench_memory.py " + " ".join(sys.argv[1:]),
+                           "date": time.strftime("%Y-%m-%d %H:%M")}
+    out = Path(args.out)
+    if args.only and out.exists():  # the other workloads keep their last measurement
+        workloads = {**json.loads(out.read_text())["workloads"], **workloads}
     result = {"what": "peak PSS of the whole process tree of `fedlab run rounds=R <overrides>`, and its split "
                       "by process kind at the peak",
               "command": "python bench/bench_memory.py " + " ".join(sys.argv[1:]),

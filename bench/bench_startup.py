@@ -9,6 +9,7 @@ were ready and when it finished training, on the same clock.
 
     python bench/bench_startup.py                  # -> results/bench/startup.json
     python bench/bench_startup.py --no-early-ray   # Ray started only when the simulation starts, as before
+    python bench/bench_startup_ab.py --pairs 4     # both, interleaved -> results/bench/startup_ab.json
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ TMP = Path(tempfile.mkdtemp(prefix="bench-startup-"))
 os.environ["FEDLAB_TIMELINE"] = str(TMP / "clients.jsonl")  # the Ray workers inherit it
 ARGV = ["run", "rounds=2", f"out_dir={TMP / 'run'}"]
 EARLY = "--no-early-ray" not in sys.argv
+OUT = Path(sys.argv[sys.argv.index("--out") + 1]) if "--out" in sys.argv else ROOT / "results" / "bench" / "startup.json"
 from fedlab_app import ray_start  # noqa: E402
 
 if EARLY:
@@ -102,10 +104,11 @@ def main() -> None:
                 for k, v in json.loads(line).items()} for line in clients.read_text().splitlines()]
     shutil.rmtree(tmp, ignore_errors=True)
     res = {"what": "timeline of `fedlab run rounds=2` (default experiment), seconds since the process started",
-           "command": "python bench/bench_startup.py" + ("" if EARLY else " --no-early-ray"), "early_ray": EARLY, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "command": "python bench/bench_startup.py" + ("" if EARLY else " --no-early-ray"), "early_ray": EARLY,
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"),
            "load_average": os.getloadavg(), "server": [{"t": t, "event": e} for t, e in EVENTS],
            "workers": workers}
-    out = ROOT / "results" / "bench" / "startup.json"
+    out = OUT
     out.write_text(json.dumps(res, indent=2))
     for w in workers:
         print(w)

@@ -123,7 +123,7 @@ def link_noise(y: dict[str, np.ndarray], sigma: float, seed: int, t: int, src: i
             for k, v in y.items()}
 
 
-def local_update(method: str, y: dict[str, np.ndarray], w: float, z: dict[str, np.ndarray],
+def local_update(method: str, y: dict[str, np.ndarray], w: float, z: dict[str, np.ndarray] | None,
                  z_new: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A node's numerator after its local steps took its de-biased model from ``z = y/w`` to ``z_new``.
 
@@ -132,7 +132,7 @@ def local_update(method: str, y: dict[str, np.ndarray], w: float, z: dict[str, n
     and the consensus minimises the average objective whatever the (column-stochastic) matrix.
     D-PSGD (w = 1) and GoSGD (whose pushes move the pair (alpha_i, x_i) with x_i = z_i) keep the
     de-biased model and rescale it: ``y <- w * z_new``. With w = 1 both rules agree. Buffers that
-    are not floating point (BatchNorm's step counter) take ``z_new``'s value.
+    are not floating point (BatchNorm's step counter) take ``z_new``'s value. Only SGP reads ``z``.
     """
     if method == "sgp":
         return {k: (y[k] + (v - z[k])).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
