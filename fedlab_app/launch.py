@@ -14,8 +14,11 @@ from fedlab_app import ray_start
 
 def main() -> None:
     """Entry point of the ``fedlab`` script (``fedlab_app.cli.main`` once Ray's start is under way)."""
-    if ray_start.start_early(sys.argv[1:]):
-        ray_start.wait_until_up()
-    from fedlab_app.cli import main as cli_main  # after Ray's start: the CLI imports torch and Flower (2 s)
-
+    try:
+        if ray_start.start_early(sys.argv[1:]):
+            ray_start.wait_until_up()
+        from fedlab_app.cli import main as cli_main  # after Ray's start: the CLI imports torch and Flower (2 s)
+    except KeyboardInterrupt:  # Ctrl-C while Ray starts or the CLI imports: nothing ran yet
+        print("fedlab: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     cli_main()

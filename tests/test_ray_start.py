@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,23 @@ def test_a_run_through_the_script_finishes(tmp_path):
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["rounds"] == 2
         assert len(list(Path(temp).glob("ray/session_2*"))) == 1  # one Ray instance: the early one, taken over
+        time.sleep(1.0)
+        assert _ray_processes(temp) == []
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_ray_starts_exits_130_and_leaves_no_ray_process(tmp_path):
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    try:
+        proc = subprocess.Popen([*LAUNCH, "run", f"out_dir={tmp_path / 'run'}"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "RAY_TMPDIR": temp})
+        time.sleep(1.0)  # Ray is starting (up after about 3 s)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err[-2000:]
+        assert "fedlab: interrupted" in err and "Traceback" not in err
         time.sleep(1.0)
         assert _ray_processes(temp) == []
     finally:
