@@ -11,7 +11,8 @@ sweep, no Hydra flag, no Ray cluster named), with the arguments a private instan
 started them. Ray's workers import the ClientApp as soon as they start (``WORKER_PRELOAD``), beside the
 CLI's imports. ``start`` (``fedlab_app/simulate.py``) takes the instance over when the run asks for exactly
 these arguments; otherwise (``verbose=true`` or ``sim.ray_address`` in a config file) it shuts it down and
-starts its own, and a centralized run, which needs no Ray, shuts it down (``discard``). At exit an instance
+starts its own, and a run that needs no Ray (``strategy=centralized`` from a config file) shuts it down
+(``discard``). At exit an instance
 nobody took over is shut down, or dies with the process while it is still starting, so that a configuration
 error leaves no Ray process behind.
 
@@ -56,6 +57,11 @@ def set_worker_env() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+# strategies whose mode runs in the server process, without Flower or Ray (``uses_nodes`` False in
+# ``strategies.REGISTRY``; ``tests/test_ray_start.py`` checks the two agree)
+NO_RAY_STRATEGIES = frozenset({"centralized"})
+
+
 def plain_simulated_run(argv: list[str]) -> bool:
     """Whether ``fedlab ARGV`` is one simulated run whose Ray arguments the command line already tells:
     ``run`` followed only by ``key=value`` overrides, none of them a Hydra flag, a sweep or a Ray cluster."""
@@ -67,6 +73,8 @@ def plain_simulated_run(argv: list[str]) -> bool:
         if not eq or arg.startswith("-") or "," in value or key.startswith("hydra") or "ray_address" in key:
             return False
         if key == "verbose" and value.lower() not in ("false", "0"):  # Ray logs at INFO then
+            return False
+        if key == "strategy" and value in NO_RAY_STRATEGIES:
             return False
     return True
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from fedlab_app.ray_start import plain_simulated_run, private_init_args
+import strategies
+from fedlab_app.ray_start import NO_RAY_STRATEGIES, plain_simulated_run, private_init_args
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = (sys.executable, "-c", "from fedlab_app.launch import main; main()")
@@ -34,11 +35,17 @@ LAUNCH = (sys.executable, "-c", "from fedlab_app.launch import main; main()")
     (["run", "verbose=true"], False),  # Ray logs at INFO then
     (["run", "hydra.run.dir=x"], False),
     (["run", "--cfg", "job"], False),
+    (["run", "strategy=centralized"], False),  # needs no Ray
     (["plot", "results/x"], False),
     ([], False),
 ])
 def test_which_command_lines_start_ray_early(argv, early):
     assert plain_simulated_run(argv) is early
+
+
+def test_the_strategies_that_need_no_ray_are_the_registrys():
+    assert NO_RAY_STRATEGIES == {name for name, spec in strategies.REGISTRY.items()
+                                 if spec.mode is not None and not spec.mode.uses_nodes}
 
 
 def _ray_processes(temp: str) -> list[str]:
