@@ -113,23 +113,27 @@ def plot_label_distribution(counts: np.ndarray, path, title: str = "") -> None:
     """
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    counts = np.asarray(counts)
+    counts = np.asarray(counts, dtype=float)
     k, c = counts.shape
     fig = Figure(figsize=(8, min(2 + 0.18 * k, 30)))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["tab10" if c <= 10 else "tab20"]
-    colors = [cmap(j % cmap.N) for j in range(c)]
-    left = np.zeros(k)
-    for j in range(c):
-        ax.barh(np.arange(k), counts[:, j], left=left, color=colors[j], height=0.85,
-                label=str(j))
-        left += counts[:, j]
+    left, y = np.zeros(k), np.arange(k, dtype=float)
+    lo, hi = y - 0.425, y + 0.425  # bars 0.85 high
+    for j in range(c):  # one collection of k rectangles per label: 1,000 clients draw in well under a second
+        right = left + counts[:, j]
+        verts = np.stack([np.stack([left, lo], 1), np.stack([left, hi], 1), np.stack([right, hi], 1),
+                          np.stack([right, lo], 1)], axis=1)
+        ax.add_collection(PolyCollection(verts, facecolors=[cmap(j % cmap.N)], edgecolors="none", label=str(j)))
+        left = right
+    ax.set_xlim(0, max(float(left.max()), 1.0) * 1.02)
+    ax.set_ylim(k - 0.5, -0.5)  # client 0 on top
     ax.set_xlabel("samples")
     ax.set_ylabel("client")
-    ax.invert_yaxis()
     ax.set_title(title or f"label distribution ({k} clients, {c} classes)")
     if c <= 20:
         ax.legend(title="label", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
