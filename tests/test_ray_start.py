@@ -61,6 +61,14 @@ def _ray_processes(temp: str) -> list[str]:
     return found
 
 
+def _no_ray_left(temp: str, timeout_s: float = 20.0) -> list[str]:
+    """The Ray processes of ``temp`` still alive after up to ``timeout_s`` (killed ones take a moment to go)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := _ray_processes(temp)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return left
+
+
 TAKEOVER = """
 import json
 from fedlab_app import ray_start
@@ -92,7 +100,7 @@ def test_a_run_takes_the_early_instance_over_when_its_arguments_match():
         (early, same), (early2, other) = json.loads(proc.stdout.strip().splitlines()[-1])
         assert early == same  # taken over
         assert other != early2  # shut down, and a new one started
-        assert _ray_processes(temp) == []
+        assert _no_ray_left(temp) == []
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -104,8 +112,7 @@ def test_a_config_error_through_the_script_leaves_no_ray_process():
                               cwd=ROOT, env={**os.environ, "RAY_TMPDIR": temp})
         assert proc.returncode == 2
         assert "configuration error: client.lr=-1" in proc.stderr, proc.stderr[-2000:]
-        time.sleep(1.0)  # processes killed at exit may take a moment to go
-        assert _ray_processes(temp) == []
+        assert _no_ray_left(temp) == []
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -127,8 +134,7 @@ def test_a_run_through_the_script_finishes(tmp_path):
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["rounds"] == 2
         assert len(list(Path(temp).glob("ray/session_2*"))) == 1  # one Ray instance: the early one, taken over
-        time.sleep(1.0)
-        assert _ray_processes(temp) == []
+        assert _no_ray_left(temp) == []
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -144,7 +150,6 @@ def test_ctrl_c_while_ray_starts_exits_130_and_leaves_no_ray_process(tmp_path):
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err[-2000:]
         assert "fedlab: interrupted" in err and "Traceback" not in err
-        time.sleep(1.0)
-        assert _ray_processes(temp) == []
+        assert _no_ray_left(temp) == []
     finally:
         shutil.rmtree(temp, ignore_errors=True)
