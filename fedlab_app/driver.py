@@ -18,8 +18,6 @@ Where the work ran: a reply's optional ``worker`` metric (its machine or Ray nod
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import math
 import os
@@ -202,29 +200,6 @@ class RunContext:
         return ok
 
 
-def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim``, or None where the C library is not glibc."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-MALLOC_TRIM = _malloc_trim()
-
-
-def release_free_heap() -> None:
-    """Give the C heap's free pages back to the system after a round (glibc's ``malloc_trim(0)``).
-
-    A round frees thousands of model-sized numpy arrays (256 gossip nodes: the replies, the relayed
-    copies, the float64 sums). glibc keeps freed small and mid-sized blocks in its heap, whose holes
-    later allocations cannot always reuse, so the server's memory grew round over round. Trimming costs a
-    few milliseconds; nothing else changes. A no-op where the C library is not glibc.
-    """
-    if MALLOC_TRIM is not None:
-        MALLOC_TRIM(0)
-
-
 def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
     """Run ``cfg``'s strategy over ``grid`` (None for a mode without nodes), writing into ``run_dir``."""
     spec = strategies.REGISTRY[cfg.strategy.name]
@@ -257,7 +232,6 @@ def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
         if cgrid is not None:
             cgrid.begin_round()
         out = mode.round(plan, cgrid)
-        release_free_heap()
         if out.clock_s is not None:
             rec.state.sim_time_s = out.clock_s
         elif out.duration_s is not None:

@@ -17,7 +17,9 @@ def main() -> None:
     try:
         if ray_start.start_early(sys.argv[1:]):
             ray_start.wait_until_up()
-        from fedlab_app.cli import main as cli_main  # after Ray's start: the CLI imports torch and Flower (2 s)
+        from fedlab_app.cli import (
+            main as cli_main,  # after Ray's start: the CLI imports torch and Flower (2 s)
+        )
     except KeyboardInterrupt:  # Ctrl-C while Ray starts or the CLI imports: nothing ran yet
         print("fedlab: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

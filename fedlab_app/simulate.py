@@ -144,23 +144,8 @@ def ray_init_args(cfg: config.Config) -> dict:
     this process's ``sys.path`` as ``PYTHONPATH``: every machine needs the project at the same path.
     """
     if cfg.sim.ray_address:
-        return {"include_dashboard": False, "logging_level": logging.INFO if cfg.verbose else logging.ERROR,
-                "address": cfg.sim.ray_address}
+        return {**ray_start.common_init_args(cfg.verbose), "address": cfg.sim.ray_address}
     return ray_start.private_init_args(cfg.verbose)
-
-
-def _start_ray(init_args: dict) -> None:
-    """Start the private Ray instance before Flower would, without a runtime environment.
-
-    Flower's RayBackend starts Ray with ``runtime_env={"env_vars": {"PYTHONPATH": ...}}``, and Ray cannot give
-    a job with a runtime environment the worker processes it starts ahead of time: the actors wait for new
-    ones (0.95 s against 0.24 s for two actors here). Started here, with this process's ``sys.path`` as
-    ``PYTHONPATH`` in the environment that Ray's processes inherit, the workers start with Ray; Flower finds
-    Ray running, skips its own ``ray.init``, and its backend still shuts Ray down at the end. A Ray cluster
-    (``sim.ray_address``) is left to Flower: its machines need the runtime environment. The ``fedlab``
-    script may have started this instance already, while the CLI imported (``fedlab_app/ray_start.py``).
-    """
-    ray_start.start(init_args)
 
 
 def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
@@ -186,8 +171,8 @@ def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
     server_app.setup_logging()
     before, error = set(threading.enumerate()), None
     try:
-        if not cfg.sim.ray_address:
-            _start_ray(backend_config["init_args"])
+        if not cfg.sim.ray_address:  # a cluster is left to Flower: its machines need the runtime environment
+            ray_start.start(backend_config["init_args"])
         _run_simulation(num_supernodes=math.ceil(cfg.num_clients / cfg.sim.clients_per_worker), exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
                         client_app_attr="fedlab_app.client_app:app", server_app_attr="fedlab_app.server_app:app",
                         backend_config=backend_config, server_app_context=context, app_dir=str(APP_DIR),

@@ -66,8 +66,8 @@ class GossipMode:
         z_in = self.zs if self.zs is not None else [gossip.debias(y, w) for y, w in zip(self.ys, self.ws)]
         msgs = [run.message(i, {"arrays": to_record(z_in[i]), "config": conf}) for i in range(m)]
         self.zs = None
-        if self.method != "sgp":  # only SGP's local update reads z (y + z_new - z); the messages hold it meanwhile
-            del z_in
+        z_sgp = z_in if self.method == "sgp" else None  # only SGP's local update reads z (y + z_new - z)
+        del z_in  # the messages hold the models meanwhile
         count = "down" if self.restore else None  # later messages carry the relayed models, counted below
         if run.packing > 1:
             replies, names, _ = send_packed(msgs, list(range(m)), grid, count=count, own_arrays=True)
@@ -81,10 +81,10 @@ class GossipMode:
         for i in range(m):  # each reply's model read once and dropped: the server holds the states, not the replies
             reply = by_pid.pop(i)
             metrics.append(dict(reply["metrics"]))
-            z_i = z_in[i] if self.method == "sgp" else None
+            z_i = z_sgp[i] if z_sgp is not None else None
             post_y.append(gossip.local_update(self.method, self.ys[i], self.ws[i], z_i, to_numpy(reply["arrays"])))
         post_w = list(self.ws)
-        z_in = None
+        del z_sgp
         # this round's mixing step: matrix, link noise, the node-to-node messages, the mirrored states
         A = gossip.matrix_at(self.p, m, rnd, cfg.seed)
         sigma = self.p.noise_std * self.p.noise_decay ** (rnd - 1)
@@ -98,7 +98,7 @@ class GossipMode:
         before = gossip.consensus(post_y, post_w)
         self.ys, self.ws = gossip.mix_all(A, post_y, post_w,
                                           lambda j, i: gossip.link_noise(post_y[j], sigma, cfg.seed, rnd, j, i))
-        del post_y  # the round's evaluation and the next round's models need only the mixed states
+        post_y = None  # the round's evaluation and the next round's models need only the mixed states
         x_bar = gossip.consensus(self.ys, self.ws)
         zs = self.zs = [gossip.debias(y, w) for y, w in zip(self.ys, self.ws)]  # next round's models
         row = {"consensus_dist": gossip.consensus_distance(zs), "avg_drift": gossip.distance(x_bar, before)}

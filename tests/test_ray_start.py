@@ -20,7 +20,11 @@ from pathlib import Path
 import pytest
 
 import strategies
-from fedlab_app.ray_start import NO_RAY_STRATEGIES, plain_simulated_run, private_init_args
+from fedlab_app.ray_start import (
+    NO_RAY_STRATEGIES,
+    plain_simulated_run,
+    private_init_args,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = (sys.executable, "-c", "from fedlab_app.launch import main; main()")
