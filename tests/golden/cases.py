@@ -1,9 +1,15 @@
 """Golden runs: short seeded runs of every mode, recorded before the round-driver refactor (issue 12).
 
-``python tests/golden/cases.py record`` writes ``tests/golden/<name>.json`` (final model hash, the
-metrics.csv rows without wall times, the summary's communication counts); ``tests/test_golden.py``
-re-runs each case and asserts equality. Simulated time comes from ``system.step_time_s`` so that it
-does not depend on the machine.
+``python tests/golden/cases.py record`` writes ``tests/golden/<name>.json`` (final model hash and
+per-array statistics, the metrics.csv rows without wall times, the summary's communication counts, and
+the recording machine's :func:`fingerprint`); ``tests/test_golden.py`` re-runs each case and asserts
+equality, bit for bit on a machine with the same fingerprint. Simulated time comes from
+``system.step_time_s`` so that it does not depend on the machine.
+
+Recorded on the commit before the refactor (issue 12), and equal after it on that machine. The same code
+rounds differently on another CPU (a new machine on 2026-12-01 gave the same metrics rows but test losses
+different in the 8th digit), so the cases were re-recorded there from commit 0061659, which had passed
+them bit for bit on the recording machine.
 """
 
 from __future__ import annotations
@@ -50,6 +56,42 @@ def model_hash(arrays: dict) -> str:
     return h.hexdigest()
 
 
+def model_stats(arrays: dict) -> dict[str, list[float]]:
+    """Per array (float64): sum, sum of squares and the first 4 values: what a machine whose float kernels
+    round differently must still reproduce to a tolerance."""
+    import numpy as np
+
+    out = {}
+    for k in sorted(arrays):
+        a = np.asarray(arrays[k], dtype=np.float64).ravel()
+        out[k] = [float(a.sum()), float((a * a).sum()), *(float(v) for v in a[:4])]
+    return out
+
+
+def fingerprint() -> dict[str, str]:
+    """What decides a run's float rounding besides the code: the CPU (model and instruction-set flags), the
+    kernel level torch dispatches to, and the torch and numpy versions. Runs are bit for bit equal only
+    between equal fingerprints: the same code on another CPU rounds differently in the 8th digit."""
+    import platform
+
+    import numpy as np
+    import torch
+
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "flags") and key.strip() not in info:
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    flags = " ".join(sorted(info.get("flags", "").split()))
+    return {"machine": platform.machine(), "cpu": info.get("model name", platform.processor()),
+            "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "numpy": np.__version__}
+
+
 def run_case(name: str, out_dir: Path) -> dict:
     """Run one golden case; return what is compared."""
     sys.path.insert(0, str(HERE.parent))
@@ -65,8 +107,8 @@ def run_case(name: str, out_dir: Path) -> dict:
     with open(rd.metrics_path, newline="") as f:
         rows = [{k: v for k, v in r.items() if k != "wall_time_s" and v != ""} for r in csv.DictReader(f)]
     comm = {k: v for k, v in summary["comm"].items()}
-    return {"status": summary["status"], "model": model_hash(arrays), "rows": rows, "comm": comm,
-            "sim_time_s": round(summary["sim_time_s"], 9), "final": summary["final"]}
+    return {"status": summary["status"], "model": model_hash(arrays), "model_stats": model_stats(arrays),
+            "rows": rows, "comm": comm, "sim_time_s": round(summary["sim_time_s"], 9), "final": summary["final"]}
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["record"]:
@@ -76,6 +118,6 @@ if __name__ == "__main__" and sys.argv[1:2] == ["record"]:
                  "FLWR_HOME": tempfile.mkdtemp()}.items():
         os.environ.setdefault(k, v)
     for name in sys.argv[2:] or CASES:
-        out = run_case(name, Path(tempfile.mkdtemp()) / name)
+        out = {**run_case(name, Path(tempfile.mkdtemp()) / name), "fingerprint": fingerprint()}
         (HERE / f"{name}.json").write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
         print(name, out["status"], out["model"][:12], flush=True)
