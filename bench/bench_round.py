@@ -118,7 +118,8 @@ def fedlab_run(rounds: int, *overrides: str) -> dict:
           f"final acc {summary['final']['test_acc']:.4f}", flush=True)
     return {"overrides": list(overrides), "process_s": wall, "launch_to_round1_s": first_row,
             "first_round_s": walls[0], "steady_rounds_s": steady, "peak_pss_mb": peak,
-            "final_test_acc": summary["final"]["test_acc"]}
+            "final_test_acc": summary["final"]["test_acc"],
+            "comm": {k: v for k, v in summary["comm"].items() if not isinstance(v, dict)}}  # totals, not per node
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ from clients.perf import tune_process
 from clients.train import evaluate
 from fedlab_app import config
 from fedlab_app.local import Node
-from strategies import sync
 
 app = ClientApp()
 FITS = strategies.client_fits()
+BLOCK_FITS = strategies.client_fits(block=True)
 LOADED = time.time()  # this module imported (after Python, Flower's runtime, the FAB install, torch)
 TIMELINE = "FEDLAB_TIMELINE"  # a file: each training message appends its timeline to it (bench/bench_deploy.py)
 _SEEN: list[float] = []  # this process's training messages so far (only with FEDLAB_TIMELINE)
@@ -90,7 +90,7 @@ def train_handler(msg: Message, context: Context) -> Message:
     if "pids" in conf:  # several virtual clients of this node, trained together
         nodes = [node_for(msg, context, int(p), load=False) for p in conf["pids"]]
         t1 = time.time()
-        reply = sync.client_fit_block(msg, nodes)
+        reply = BLOCK_FITS[mode](msg, nodes)
     else:
         node = node_for(msg, context)
         t1 = time.time()

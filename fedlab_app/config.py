@@ -26,6 +26,7 @@ from fedlab_base.checks import ConfigError, Scalar, check, check_choice
 from fedlab_base.schema import (SECTIONS, ClientCfg, Config, DatasetCfg, EvalCfg, ModelCfg, OptimizerCfg,
                                 PartitionCfg, ScheduleCfg, SimCfg, StepsCfg, StrategyCfg, SystemCfg)
 from strategies import REGISTRY
+from strategies import packs as strategies_packs
 
 __all__ = ["ConfigError", "Config", "Scalar", "check", "check_choice", "flatten", "unflatten", "from_hydra",
            "to_nested", "to_run_config", "parse", "parse_cached", "check_paths", "build", "SECTIONS", "ClientCfg",
@@ -62,8 +63,10 @@ def parse(run_config: Mapping[str, Any], strict: bool = True) -> Config:
         sections["schedule"] = dataclasses.replace(sections["schedule"], name=spec.schedule)
     top = {k: v for k, v in nested.items() if k in top_fields}
     cfg = build(Config, {**top, **sections, "strategy": StrategyCfg(name, params)}, "")
-    check(spec.packs or cfg.sim.clients_per_worker <= 1, "sim.clients_per_worker", cfg.sim.clients_per_worker,
-          f"0 or 1 with strategy={name} (each of its nodes holds one client's state)")
+    check(strategies_packs(cfg) or cfg.sim.clients_per_worker <= 1, "sim.clients_per_worker",
+          cfg.sim.clients_per_worker, f"0 or 1 with strategy={name}" + (
+              " and strategy.clock=real (each worker runs on its own clock)" if spec.packs is not False
+              else " (each of its nodes holds one client's state)"))
     if spec.check is not None:
         spec.check(cfg)
     return cfg

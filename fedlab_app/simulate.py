@@ -113,12 +113,13 @@ MAX_AUTO_PACKING = 64
 def clients_per_worker(cfg: config.Config) -> int:
     """How many virtual clients one simulated node holds and trains together (``sim.clients_per_worker``).
 
-    Auto (0): the synchronous strategies and gossip spread ``num_clients`` over as many nodes as Ray can
-    run at once (cores / ``sim.cpus_per_client``), so that each worker trains its clients in one fused
-    computation per round (``clients/fused.py``); asynchronous SGD (whose workers run on their own
-    clocks), the centralized baseline and a run on a Ray cluster (``sim.ray_address``, whose cores this
-    machine cannot see) keep one client per node. Where nodes reply with one model per client (gossip,
-    Flower's FedAdam/FedYogi/FedAvgM), at most ``MAX_AUTO_PACKING`` clients per node: a message and its
+    Auto (0): the synchronous strategies, gossip and asynchronous SGD on the virtual clock spread
+    ``num_clients`` over as many nodes as Ray can run at once (cores / ``sim.cpus_per_client``), so that
+    each worker trains its clients in one fused computation per round (``clients/fused.py``; async: per
+    batch of jobs sent together, ``strategies/async_mode.py``); asynchronous SGD on the real clock (whose
+    workers run on their own clocks), the centralized baseline and a run on a Ray cluster
+    (``sim.ray_address``, whose cores this machine cannot see) keep one client per node. Where nodes
+    reply with one model per client (gossip, asynchronous SGD, Flower's FedAdam/FedYogi/FedAvgM), at most ``MAX_AUTO_PACKING`` clients per node: a message and its
     reply then stay small (64 LeNet-5 models: 16 MB), so that neither a worker nor the server holds half
     the federation's models in one message, and fusing more than that gains nothing (``train_fused``
     trains groups of 8). Where nodes reply with block sums (the FedAvg family, ``strategies/blocks.py``)
@@ -127,7 +128,7 @@ def clients_per_worker(cfg: config.Config) -> int:
     if cfg.sim.clients_per_worker:
         return cfg.sim.clients_per_worker
     spec = strategies.REGISTRY[cfg.strategy.name]
-    if not spec.packs or cfg.sim.ray_address:  # a cluster: spread them
+    if not strategies.packs(cfg) or cfg.sim.ray_address:  # a cluster: spread them
         return 1
     workers = max(1, int((os.cpu_count() or 1) // cfg.sim.cpus_per_client))
     per_worker = math.ceil(cfg.num_clients / workers)

@@ -33,7 +33,9 @@ class Spec:
     resolve: Callable[[Any], Any] | None = None  # Params -> Params with "auto" values resolved (recorded as run)
     prepare: Callable[[Any], Any] | None = None  # Config -> the Config the run records (e.g. one client)
     total: Callable[[Any], int] | None = None  # the run's number of rounds (default cfg.rounds)
-    packs: bool = True  # a node may hold several virtual clients (sim.clients_per_worker > 1), trained fused
+    packs: bool | Callable[[Any], bool] = True  # a node may hold several virtual clients (sim.clients_per_worker
+    # > 1), trained fused; or a function of the strategy's Params that says so
+    client_fit_block: Callable[[Any, list], Any] = sync.client_fit_block  # several virtual clients of one node
 
 
 def _gossip_check(method: str) -> Callable[[Any], None]:
@@ -56,7 +58,9 @@ REGISTRY: dict[str, Spec] = {
     "fedadam": Spec(fedopt.OptParams, build=fedopt.build_adam),
     "fedyogi": Spec(fedopt.OptParams, build=fedopt.build_yogi),
     "async_sgd": Spec(async_sgd.Params, mode=async_mode.AsyncMode, client_fit=async_mode.client_fit,
-                      check=lambda cfg: async_sgd.check_setup(cfg.strategy.params, cfg.num_clients), packs=False),
+                      client_fit_block=async_mode.client_fit_block,
+                      check=lambda cfg: async_sgd.check_setup(cfg.strategy.params, cfg.num_clients),
+                      packs=lambda params: params.clock == "virtual"),  # real clock: each worker on its own
     **{m: Spec(gossip.Params, mode=gossip_mode.GossipMode, client_fit=sync.client_fit,
                check=_gossip_check(m), resolve=_gossip_resolve(m)) for m in gossip.METHODS},
 }
@@ -68,10 +72,18 @@ def make_mode(cfg: Any) -> Any:
     return spec.mode() if spec.mode is not None else sync.SyncMode(spec.build(cfg))
 
 
-def client_fits() -> dict[str, Callable[[Any, Any], Any]]:
-    """``{mode value: client_fit}`` for every registered strategy (what a node can be asked to do)."""
-    fits = {sync.SyncMode.name: sync.client_fit}
+def packs(cfg: Any) -> bool:
+    """Whether a node may hold several of ``cfg``'s virtual clients (``sim.clients_per_worker`` > 1)."""
+    p = REGISTRY[cfg.strategy.name].packs
+    return p(cfg.strategy.params) if callable(p) else p
+
+
+def client_fits(block: bool = False) -> dict[str, Callable[..., Any]]:
+    """``{mode value: client_fit}`` for every registered strategy (what a node can be asked to do); ``block``:
+    ``client_fit_block`` instead, what a node holding several virtual clients does with a train message."""
+    attr = "client_fit_block" if block else "client_fit"
+    fits = {sync.SyncMode.name: getattr(sync, attr)}
     for spec in REGISTRY.values():
         if spec.mode is not None and spec.client_fit is not None:
-            fits[spec.mode.name] = spec.client_fit
+            fits[spec.mode.name] = getattr(spec, attr)
     return fits

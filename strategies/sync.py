@@ -40,19 +40,17 @@ def tree_numpy(tree: dict) -> dict:
     return {k: tree_numpy(v) if isinstance(v, dict) else v.numpy() for k, v in tree.items()}
 
 
-def send_packed(msgs: list, pids: list[int], grid: Any, count: str | None = "both",
-                own_arrays: bool = False) -> tuple[list, list[int], list[Block]]:
-    """Send virtual clients' messages packed, one per node; return one reply per virtual client, its name,
-    and the nodes' block sums (``strategies/blocks.py``) in node order when the nodes sent sums.
+def pack(msgs: list, pids: list[int], own_arrays: bool = False,
+         own_config: tuple[str, ...] = ()) -> list[tuple[Message, list[int]]]:
+    """Virtual clients' messages packed into one transport message per node: ``[(message, its pids)]``, nodes in
+    the order their first client comes in ``pids``, each node's clients in ``pids`` order.
 
     A node holds several virtual clients (``sim.clients_per_worker``). Its transport message carries
     the records of its clients' messages once (they are equal: model, config, server state), with
-    the list of its clients (``pids``); with ``own_arrays`` each client's ``arrays`` differ (gossip:
-    every node trains from its own model) and travel as ``arrays/<pid>``. The node's reply holds
-    ``arrays/<pid>`` and ``metrics/<pid>`` per client; each becomes the reply that client would have
-    sent (with block sums: its metrics only, the sums go to the strategy's ``aggregate_blocks``).
-    Counted as the unpacked exchange would be (``count``: "both", "down" or None, one logical message
-    per virtual client and direction), plus the transport messages that crossed Flower.
+    the list of its clients (``pids``); with ``own_arrays`` each client's ``arrays`` differ (gossip,
+    asynchronous SGD: every client trains from its own model) and travel as ``arrays/<pid>``; each config
+    key in ``own_config`` differs per client too and travels as the list ``<key>-each``, in ``pids`` order.
+    The node replies with ``arrays/<pid>`` and ``metrics/<pid>`` per client (or block sums).
     """
     by_node: dict[int, list[int]] = {}
     msg_of = dict(zip(pids, msgs))
@@ -65,8 +63,25 @@ def send_packed(msgs: list, pids: list[int], grid: Any, count: str | None = "bot
         if own_arrays:
             for pid in node_pids:
                 content[f"arrays/{pid}"] = msg_of[pid].content["arrays"]
-        content["config"] = ConfigRecord({**dict(content["config"]), "pids": node_pids})
-        transport.append(Message(content, dst_node_id=node, message_type="train"))
+        each = {f"{key}-each": [msg_of[pid].content["config"][key] for pid in node_pids] for key in own_config}
+        content["config"] = ConfigRecord({**dict(content["config"]), "pids": node_pids, **each})
+        transport.append((Message(content, dst_node_id=node, message_type="train"), node_pids))
+    return transport
+
+
+def send_packed(msgs: list, pids: list[int], grid: Any, count: str | None = "both",
+                own_arrays: bool = False) -> tuple[list, list[int], list[Block]]:
+    """Send virtual clients' messages packed, one per node (:func:`pack`), and wait; return one reply per virtual
+    client, its name, and the nodes' block sums (``strategies/blocks.py``) in node order when the nodes sent sums.
+
+    Each client's part of its node's reply becomes the reply that client would have sent (with block sums:
+    its metrics only, the sums go to the strategy's ``aggregate_blocks``). Counted as the unpacked exchange
+    would be (``count``: "both", "down" or None, one logical message per virtual client and direction), plus
+    the transport messages that crossed Flower.
+    """
+    packed = pack(msgs, pids, own_arrays)
+    by_node = {m.metadata.dst_node_id: node_pids for m, node_pids in packed}
+    transport = [m for m, _ in packed]
     replies = grid.send_and_receive(transport, count=None)
     rep_of = {grid.replier(r): r for r in replies}  # node id -> its reply
     out = {pid: rep_of.get(node) for node, node_pids in by_node.items() for pid in node_pids}

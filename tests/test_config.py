@@ -115,6 +115,17 @@ def test_auto_packing_spreads_clients_over_the_cores_with_a_cap(monkeypatch):
     assert packing("num_clients=1000") == 500  # block sums: a node's reply is one model's sums whatever the count
     assert packing("num_clients=1000", "strategy=fedadam") == simulate.MAX_AUTO_PACKING == 64  # a model per client
     assert packing("strategy=dpsgd", "num_clients=256", "client.local_steps=5") == 64  # gossip packs too
-    assert packing("strategy=async_sgd", "num_clients=6", "client.local_steps=1") == 1  # its own clocks
+    assert packing("strategy=async_sgd", "num_clients=6", "client.local_steps=1") == 3  # virtual clock: packs
+    assert packing("strategy=async_sgd", "num_clients=6", "strategy.clock=real") == 1  # each worker on its own clock
     assert packing("num_clients=1000", "sim.clients_per_worker=500") == 500  # an explicit value wins
     assert packing("num_clients=1000", "sim.ray_address=auto") == 1  # a cluster: this machine's cores say nothing
+
+
+def test_packing_async_sgd_needs_the_virtual_clock():
+    with pytest.raises(config.ConfigError, match=r"sim.clients_per_worker.*0 or 1 with strategy=async_sgd and "
+                                                 r"strategy.clock=real"):
+        config.parse(config.flatten(compose("strategy=async_sgd", "strategy.clock=real", "sim.clients_per_worker=2")))
+    with pytest.raises(config.ConfigError, match=r"0 or 1 with strategy=centralized \(each of its nodes"):
+        config.parse(config.flatten(compose("strategy=centralized", "sim.clients_per_worker=2")))
+    cfg = config.parse(config.flatten(compose("strategy=async_sgd", "sim.clients_per_worker=2")))
+    assert cfg.sim.clients_per_worker == 2

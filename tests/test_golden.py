@@ -4,10 +4,11 @@ Each case of ``tests/golden/cases.py`` was run on the commit before the refactor
 (final model hash, metrics.csv rows without wall times, communication counts). Re-running it must
 give the same model bit for bit and the same rows (re-recorded on 2026-12-01 from commit 0061659, which
 had passed the original recording bit for bit, apart from its intended differences: train_loss/train_acc
-became the mean over the examples processed in every mode). Bit for bit holds only on a machine whose float rounding is the recording's (same
-:func:`golden.cases.fingerprint`: CPU flags, torch kernel level, torch and numpy versions); elsewhere the
-model's per-array statistics and the rows' numbers must agree to 1e-4 relative and the counts exactly
-(the same code on another CPU differs in the 8th digit; a changed algorithm differs in the 2nd).
+became the mean over the examples processed in every mode). Bit for bit holds only on a machine whose
+float rounding is the recording's (same :func:`golden.cases.fingerprint`: CPU flags, torch kernel level,
+torch and numpy versions); elsewhere the model's per-array statistics and the rows' numbers must agree to
+1e-4 relative and the counts exactly (the same code on another CPU differs in the 8th digit; a changed
+algorithm differs in the 2nd).
 """
 
 from __future__ import annotations

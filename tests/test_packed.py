@@ -64,3 +64,39 @@ def test_packed_equals_one_client_per_message(name, tmp_path):
         assert s2["comm"]["transport_bytes"] == s1["comm"]["transport_bytes"]
     else:  # the shared model once per node
         assert s2["comm"]["transport_bytes"] < s1["comm"]["transport_bytes"]
+
+
+# 12 workers on 2 nodes: jobs go out when a result is needed, when 8 wait (4 per node), and at each round's end
+ASYNC = ("strategy=async_sgd", "num_clients=12", "client.lr=0.05", "rounds=3", "strategy.delay=gaussian",
+         "strategy.delay_ms=15", "strategy.delay_std_ms=10", "strategy.momentum=0.5")
+ASYNC_CASES = {
+    # DC-ASGD with per-worker adaptive lambda: every result is applied to a model its worker did not start from
+    "async_dc": (*ASYNC, "strategy.dc=adaptive", "strategy.dc_lambda=2"),
+    "async_sync": (*ASYNC, "strategy.sync=true", "client.local_steps=2"),  # the barrier: all M jobs in one flush
+}
+
+
+@pytest.mark.parametrize("name", ["async_dc", pytest.param("async_sync", marks=pytest.mark.slow)])
+def test_packed_async_equals_one_worker_per_message(name, tmp_path):
+    """Asynchronous SGD packed: jobs are decided at dispatch and sent together when a result is needed; the
+    results, the virtual clock, the staleness and the logical counts (per round too) are those of one job per
+    message, with fewer transport messages."""
+    runs = {}
+    for packing in (1, 6):
+        out = tmp_path / f"{name}_{packing}"
+        runs[packing] = simulate(config.parse(config.flatten(compose(
+            *BASE, *ASYNC_CASES[name], f"sim.clients_per_worker={packing}", f"out_dir={out}")))), RunDir(out)
+    (s1, r1), (s2, r2) = runs[1], runs[6]
+    assert s1["status"] == s2["status"] == "finished"
+    assert s1["updates"] == s2["updates"] == (3 if name == "async_sync" else 36)  # barrier steps, or 12 x 3 results
+    x1, x2 = (RunDir.load_checkpoint(r.last_checkpoint())[1] for r in (r1, r2))
+    for k in x1:
+        np.testing.assert_allclose(x2[k], x1[k], atol=1e-5, rtol=0, err_msg=k)
+    assert s2["staleness_histogram"] == s1["staleness_histogram"]
+    assert s2["sim_time_s"] == pytest.approx(s1["sim_time_s"])
+    for key in ("messages", "bytes", "messages_down", "bytes_up", "per_node"):
+        assert s2["comm"][key] == s1["comm"][key], key
+    m1, m2 = r1.read_metrics(), r2.read_metrics()
+    for col in ("messages", "bytes", "staleness_mean", "staleness_max", "sim_time_s"):
+        assert [r[col] for r in m2] == pytest.approx([r[col] for r in m1]), col
+    assert s2["comm"]["transport_messages"] < s1["comm"]["transport_messages"] == s1["comm"]["messages"]
