@@ -13,10 +13,13 @@ install, torch and fedlab) -> handler -> data and model loaded -> trained; ``gap
 from a node's reply in round r to the start of its process in round r+1 (Flower's transport and
 polling, the server's aggregation, evaluation and checkpoint).
 
-``--baseline`` adds a second federation with Flower's own polling (its SuperExec asks for tasks every
-1 s, the ServerApp for replies every 3 s: ``FEDLAB_REPLY_POLL_S=3``), run in turn with the others.
+``--cold`` adds a federation whose ClientApp processes start cold (``fedlab deploy up --cold``: Flower's
+``flwr-clientapp`` as a fresh Python per message) beside the default, warm one (forked from fedlab's prefork
+server, ``fedlab_app/prefork.py``), run in turn with the others. ``--baseline`` adds one with Flower's own
+polling too (its SuperExec asks for tasks every 1 s, the ServerApp for replies every 3 s:
+``FEDLAB_REPLY_POLL_S=3``; cold).
 
-Usage: ``.venv/bin/python bench/bench_deploy.py [--reps 2] [--rounds 5] [--baseline] [--out results/bench/deploy.json]``
+Usage: ``.venv/bin/python bench/bench_deploy.py [--reps 2] [--rounds 5] [--cold] [--baseline] [--out results/bench/deploy.json]``
 """
 
 from __future__ import annotations
@@ -103,36 +106,46 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--baseline", action="store_true",
                     help="also a federation with Flower's own polling (SuperExec 1 s, replies every 3 s), interleaved")
+    ap.add_argument("--cold", action="store_true", help="also a federation whose ClientApps start cold, interleaved")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "deploy.json")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_deploy_"))
     os.environ["FLWR_HOME"] = str(tmp / "flwr_home")
     os.environ[TIMELINE] = str(tmp / "timeline.jsonl")  # the SuperNodes' ClientApps append here
-    d, base = tmp / "federation", tmp / "federation_flower_polls"
+    d, base, cold_d = tmp / "federation", tmp / "federation_flower_polls", tmp / "federation_cold"
     t0 = time.perf_counter()
     deploy.up(d, 3, port=free_port_block(4))
     up_s = time.perf_counter() - t0
     if a.baseline:  # the same federation with Flower's own polling: SuperExec 1 s, replies every 3 s
         os.environ.update(FLWR_SUPEREXEC_TASK_POLL_INTERVAL="1.0", FEDLAB_REPLY_POLL_S="3")
-        deploy.up(base, 3, port=free_port_block(4))
+        deploy.up(base, 3, port=free_port_block(4), warm=False)
         del os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"], os.environ["FEDLAB_REPLY_POLL_S"]
-    deployed, baseline, simulated = [], [], []
+    if a.cold:
+        deploy.up(cold_d, 3, port=free_port_block(4), warm=False)
+    deployed, baseline, simulated, cold = [], [], [], []
     try:
         for rep in range(a.reps):
             deployed += run([FEDLAB, "deploy", "run", "--dir", str(d), *WORK, f"rounds={a.rounds}"], tmp / f"deploy{rep}")
             os.replace(tmp / "timeline.jsonl", tmp / f"deploy{rep}.jsonl")
             simulated += run([FEDLAB, "run", *WORK, f"rounds={a.rounds}"], tmp / f"sim{rep}",
                              {**os.environ, TIMELINE: str(tmp / f"sim{rep}.jsonl")})
+            if a.cold:
+                cold += run([FEDLAB, "deploy", "run", "--dir", str(cold_d), *WORK, f"rounds={a.rounds}"],
+                            tmp / f"cold{rep}")
+                os.replace(tmp / "timeline.jsonl", tmp / f"cold{rep}.jsonl")
             if a.baseline:
                 baseline += run([FEDLAB, "deploy", "run", "--dir", str(base), *WORK, f"rounds={a.rounds}"],
                                 tmp / f"base{rep}")
                 os.replace(tmp / "timeline.jsonl", tmp / f"base{rep}.jsonl")
             print(f"rep {rep}: deployed {deployed[-(a.rounds - 1):]}, simulated {simulated[-(a.rounds - 1):]}, "
-                  f"Flower's polling {baseline[-(a.rounds - 1):]}, load {os.getloadavg()[0]:.1f}", flush=True)
+                  f"cold {cold[-(a.rounds - 1):]}, Flower's polling {baseline[-(a.rounds - 1):]}, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         deploy.down(d)
         if a.baseline:
             deploy.down(base)
+        if a.cold:
+            deploy.down(cold_d)
     res = {"work": WORK + [f"rounds={a.rounds}"], "reps": a.reps, "steady_rounds": f"2..{a.rounds}",
            "deployed_round_s": round(statistics.median(deployed), 3),
            "simulated_round_s": round(statistics.median(simulated), 3),
@@ -140,6 +153,8 @@ def main() -> None:
            "deployed_rounds_s": [round(x, 3) for x in deployed], "simulated_rounds_s": [round(x, 3) for x in simulated],
            "deploy_up_s": round(up_s, 1), "timeline_median_s": {"deployed": timeline([tmp / f"deploy{r}.jsonl" for r in range(a.reps)]),
                                  "simulated": timeline([tmp / f"sim{r}.jsonl" for r in range(a.reps)])},
+           **({"cold_round_s": round(statistics.median(cold), 3), "cold_rounds_s": [round(x, 3) for x in cold],
+               "timeline_cold_median_s": timeline([tmp / f"cold{r}.jsonl" for r in range(a.reps)])} if cold else {}),
            **({"flower_polling_round_s": round(statistics.median(baseline), 3),
                "flower_polling_rounds_s": [round(x, 3) for x in baseline],
                "timeline_flower_polling_median_s": timeline([tmp / f"base{r}.jsonl" for r in range(a.reps)])}

@@ -24,12 +24,14 @@ import sys
 import time
 from pathlib import Path
 
+from fedlab_app import prefork
 from fedlab_app.results import RunDir
 
 DEFAULT_DIR = Path(".fedlab-deploy")
 CONNECTION = "fedlab"
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr live beside this Python
 SUPEREXEC_POLL_S = "0.1"  # how often a SuperExec asks for a task to start (Flower's default: 1 s, per message)
+PREFORK_BIN, PREFORK_SOCKET = "prefork-bin", "prefork.sock"  # start_prefork's launcher directory and socket
 
 
 def make_certs(out: Path, hosts: list[str]) -> dict[str, Path]:
@@ -85,11 +87,34 @@ def make_node_key(path: Path) -> tuple[Path, Path]:
 
 
 def flwr_env(d: Path) -> dict[str, str]:
-    """Environment for every Flower process of deployment ``d`` (its own FLWR_HOME; no runtime installs)."""
+    """Environment for every Flower process of deployment ``d`` (its own FLWR_HOME; no runtime installs). The
+    SuperLink and SuperNodes start ``flower-superexec`` from PATH, and it starts ``flwr-clientapp`` from PATH:
+    fedlab's launcher (``prefork-bin/``, :func:`start_prefork`) comes first when the deployment has one."""
+    path = [str(BIN), os.environ.get("PATH", "")]
+    if (d / PREFORK_BIN / "flwr-clientapp").exists():
+        path.insert(0, str((d / PREFORK_BIN).resolve()))
     return {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S, "FEDLAB_REPLY_POLL_S": "0.1", **os.environ,
             "FLWR_HOME": str((d / "flwr_home").resolve()), "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # SuperLink/SuperNode start flower-superexec
+            "PATH": os.pathsep.join(path)}
+
+
+def start_prefork(d: Path, wait: float = 60.0) -> subprocess.Popen:
+    """Start deployment ``d``'s prefork server (``fedlab_app/prefork.py``: ClientApp processes forked warm,
+    torch and Flower imported once) and write the ``flwr-clientapp`` launcher that SuperNodes started after
+    it find first on their PATH; waits until it serves (a SuperNode started meanwhile would start cold)."""
+    sock = (d / PREFORK_SOCKET).resolve()
+    if len(str(sock)) > 100:  # Linux: sun_path holds 108 bytes
+        raise ValueError(f"the prefork socket {sock} is longer than a Unix socket path may be (100 characters "
+                         "here): choose a shorter --dir, or --cold")
+    prefork.write_launcher(d / PREFORK_BIN, sock, BIN / "flwr-clientapp")
+    proc = start_process(d, "prefork", [sys.executable, "-m", "fedlab_app.prefork", "serve", str(sock)])
+    t0 = time.monotonic()
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() - t0 > wait:
+            raise RuntimeError(f"the prefork server did not start; see {d / 'logs' / 'prefork.log'}")
+        time.sleep(0.1)
+    return proc
 
 
 def write_connection(d: Path, address: str, ca: Path | None) -> Path:
@@ -181,13 +206,18 @@ class AlreadyRunning(RuntimeError):
     """The deployment directory already has live processes (refused without touching them)."""
 
 
-def up(d: Path, nodes: int, host: str = "127.0.0.1", port: int = 9300, tls: bool = True, auth: bool = True) -> dict:
-    """A local federation: one SuperLink and ``nodes`` SuperNodes (keys made and registered when ``auth``)."""
+def up(d: Path, nodes: int, host: str = "127.0.0.1", port: int = 9300, tls: bool = True, auth: bool = True,
+       warm: bool = True) -> dict:
+    """A local federation: one SuperLink and ``nodes`` SuperNodes (keys made and registered when ``auth``), whose
+    ClientApp processes start warm (:func:`start_prefork`) unless ``warm`` is false (Flower's cold start)."""
     d.mkdir(parents=True, exist_ok=True)
     if any(_alive(p["pid"]) for p in load_state(d)["processes"]):
         raise AlreadyRunning(f"{d} already runs processes; `fedlab deploy down --dir {d}` first")
     save_state(d, {"processes": [], "nodes": nodes, "address": f"{host}:{port}", "tls": tls, "auth": auth})
+    (d / PREFORK_BIN / "flwr-clientapp").unlink(missing_ok=True)  # an earlier warm `up`'s launcher
     start_superlink(d, host, port, tls, auth)
+    if warm:
+        start_prefork(d)
     for i in range(nodes):
         key = None
         if auth:
@@ -205,7 +235,7 @@ def restart(d: Path, wait: float = 60.0) -> list[str]:
     dead = [p for p in state["processes"] if not _alive(p["pid"])]
     state["processes"] = [p for p in state["processes"] if _alive(p["pid"])]
     save_state(d, state)
-    for p in sorted(dead, key=lambda p: p["name"] != "superlink"):
+    for p in sorted(dead, key=lambda p: (p["name"] != "superlink", p["name"] != "prefork")):
         start_process(d, p["name"], p["cmd"])
         if p["name"] == "superlink":
             host, port = state["address"].rsplit(":", 1)

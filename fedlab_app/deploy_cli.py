@@ -15,8 +15,11 @@ from fedlab_app.simulate import APP_DIR, PreflightError, preflight
 
 HELP = """fedlab deploy: run the app on a real SuperLink and SuperNodes
 
-  fedlab deploy up --nodes 3 [--dir D] [--host 127.0.0.1] [--port 9300] [--insecure] [--no-auth]
-        a local federation: certificates, node keys (registered), SuperLink + SuperNodes in the background
+  fedlab deploy up --nodes 3 [--dir D] [--host 127.0.0.1] [--port 9300] [--insecure] [--no-auth] [--cold]
+        a local federation: certificates, node keys (registered), SuperLink + SuperNodes in the background;
+        their ClientApp processes start warm (fedlab_app/prefork.py) unless --cold
+  fedlab deploy warm [--dir D]                  on a device: the prefork server for SuperNodes started
+                                                with D/prefork-bin first on their PATH
   fedlab deploy run [--dir D] [key=value ...]   the experiment (Hydra overrides) on that federation
   fedlab deploy status [--dir D]                processes and SuperNodes
   fedlab deploy restart [--dir D]               start again what has stopped (e.g. a killed SuperLink);
@@ -42,11 +45,13 @@ def main(argv: list[str]) -> int:
         ap.add_argument("--port", type=int, default=9300)
         ap.add_argument("--insecure", action="store_true", help="no TLS")
         ap.add_argument("--no-auth", action="store_true", help="no SuperNode authentication")
+        ap.add_argument("--cold", action="store_true", help="a fresh Python per ClientApp message (Flower's own)")
         a = ap.parse_args(rest)
         if a.nodes < 1:
             ap.error(f"--nodes={a.nodes} is invalid; allowed: an integer >= 1")
         try:
-            state = deploy.up(a.dir, a.nodes, a.host, a.port, tls=not a.insecure, auth=not a.no_auth)
+            state = deploy.up(a.dir, a.nodes, a.host, a.port, tls=not a.insecure, auth=not a.no_auth,
+                              warm=not a.cold)
         except deploy.AlreadyRunning as exc:  # leave the running federation alone
             print(f"fedlab deploy up: {exc}", file=sys.stderr)
             return 1
@@ -57,6 +62,13 @@ def main(argv: list[str]) -> int:
         print(f"SuperLink {state['address']} ({'TLS' if state['tls'] else 'insecure'}, "
               f"{'node authentication' if state['auth'] else 'no authentication'}), {a.nodes} SuperNodes; "
               f"logs in {a.dir / 'logs'}; stop with `fedlab deploy down --dir {a.dir}`")
+        return 0
+    if cmd == "warm":
+        a = ap.parse_args(rest)
+        a.dir.mkdir(parents=True, exist_ok=True)
+        proc = deploy.start_prefork(a.dir)
+        print(f"prefork server pid {proc.pid}; start SuperNodes with PATH={(a.dir / deploy.PREFORK_BIN).resolve()}"
+              f":$PATH (their ClientApps then start warm); stop it with `fedlab deploy down --dir {a.dir}`")
         return 0
     if cmd == "down":
         a = ap.parse_args(rest)

@@ -1,0 +1,244 @@
+"""Warm ClientApp processes for deployed SuperNodes: Flower's own ``flwr-clientapp``, forked from a process
+that has already imported torch and Flower.
+
+Flower 1.41 runs every message in a fresh ``flwr-clientapp`` process: the SuperNode's SuperExec starts one
+per task (``--isolation subprocess`` and ``process`` alike; its warm executors exist only for Kubernetes and
+not for ClientApps), and each pays the Python start and the imports of torch and Flower's runtime (about
+2.4 s of CPU, 1.95 s of it torch). A *prefork server* (:func:`serve`) imports those once and waits on a
+Unix socket. ``fedlab deploy up`` puts a small ``flwr-clientapp`` launcher (:func:`write_launcher`) first
+on the SuperNodes' PATH, so the SuperExec starts it where it would start Flower's. The launcher
+(:func:`launch`) hands its arguments, environment, working directory and standard streams to the server,
+which forks; the child runs Flower's ``flwr-clientapp`` entry point with them: the same Runtime API
+handshake, FAB install, ClientApp load and reply, in a process that starts warm. The launcher waits for
+the child, passes SIGINT and SIGTERM on, and exits with its status.
+
+What the server holds when it forks: third-party modules only (:data:`PRELOAD`; the ClientApp's own code
+comes from the FAB in the child, as Flower loads it), one thread (numpy's OpenBLAS pool shuts down and
+restarts around a fork), no connection and no torch computation (OpenMP's thread pool is not fork-safe).
+When the server is not running, the launcher runs Flower's ``flwr-clientapp`` itself: a cold start, as
+without it. Only this standard-library module is imported by the launcher.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+from pathlib import Path
+
+# torch._dynamo: torch imports it on the first optimizer a process builds (1.3-1.5 s per deployed message,
+# measured with py-spy: most of a cold ClientApp's "training")
+PRELOAD = ("numpy", "torch", "torch.nn.functional", "torch.optim", "torch._dynamo", "flwr.app", "flwr.clientapp",
+           "flwr.supernode.cli.flwr_clientapp")
+TARGET = "flwr.supernode.cli.flwr_clientapp:flwr_clientapp"  # Flower's own `flwr-clientapp` entry point
+_LEN = struct.Struct("!Q")  # the request's length, sent with the launcher's stdin, stdout and stderr
+_PID = struct.Struct("!q")  # the child's pid, then its exit status, to the launcher
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("the other side closed the connection")
+        buf += chunk
+    return buf
+
+
+def _entry(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _run_child(conn: socket.socket, fds: list[int], request: dict, target: str) -> int:
+    """In the forked child: take the launcher's streams, environment, directory and arguments; run ``target``."""
+    for i, fd in enumerate(fds):
+        os.dup2(fd, i)
+        os.close(fd)
+    conn.close()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    root = Path(__file__).resolve().parents[1]
+    own = {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}  # fedlab_app, clients, strategies, ...
+    for name in [m for m in sys.modules if m.split(".")[0] in own]:
+        del sys.modules[name]  # fedlab's own modules: the ClientApp's come from the FAB, as Flower loads them
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = list(request["argv"])
+    try:
+        code = _entry(target)()
+    except SystemExit as e:
+        code = e.code
+    except BaseException:  # noqa: BLE001 - report it as Python would, then exit non-zero
+        traceback.print_exc()
+        code = 1
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    return code or 0
+
+
+def serve(sock_path: Path, preload: tuple[str, ...] = PRELOAD, target: str = TARGET) -> None:
+    """Import ``preload``, then fork a child per launcher that connects to ``sock_path``; runs until SIGTERM."""
+    for name in preload:
+        importlib.import_module(name)
+    sock_path = Path(sock_path)
+    sock_path.unlink(missing_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock_path))
+    server.listen(64)
+    stop = False
+
+    def _stop(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    children: dict[int, socket.socket] = {}  # child pid -> its launcher's connection
+    sel = selectors.DefaultSelector()
+    sel.register(server, selectors.EVENT_READ)
+    print(f"prefork: ready on {sock_path} (pid {os.getpid()}, preloaded {', '.join(preload) or 'nothing'})",
+          flush=True)
+    try:
+        while not stop:
+            for _ in sel.select(timeout=0.05):
+                conn, _ = server.accept()
+                try:
+                    head, fds, _, _ = socket.recv_fds(conn, _LEN.size, 3)
+                    head += _recv_exact(conn, _LEN.size - len(head))
+                    request = json.loads(_recv_exact(conn, _LEN.unpack(head)[0]))
+                except (OSError, ValueError, struct.error) as e:
+                    print(f"prefork: bad request: {e}", file=sys.stderr, flush=True)
+                    conn.close()
+                    continue
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:  # the child never returns into this loop
+                    sel.close()
+                    server.close()
+                    for c in children.values():
+                        c.close()
+                    code = 1
+                    try:
+                        code = _run_child(conn, fds, request, target)
+                    finally:
+                        for stream in (sys.stdout, sys.stderr):
+                            try:
+                                stream.flush()
+                            except (OSError, ValueError):
+                                pass
+                        os._exit(code)
+                for fd in fds:
+                    os.close(fd)
+                conn.sendall(_PID.pack(pid))
+                children[pid] = conn
+            _reap(children)
+    finally:
+        server.close()
+        sock_path.unlink(missing_ok=True)
+        for pid in children:  # stopping: the ClientApps it started stop too
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def _reap(children: dict[int, socket.socket]) -> None:
+    """Tell each finished child's launcher its exit status."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is not None:
+            try:
+                conn.sendall(_PID.pack(os.waitstatus_to_exitcode(status)))
+            except OSError:
+                pass
+            conn.close()
+
+
+def launch(argv: list[str], sock_path: str, fallback: str) -> int:
+    """The ``flwr-clientapp`` launcher: run ``argv`` in a child of the prefork server at ``sock_path`` and return
+    its exit status; without a server, exec ``fallback`` (Flower's ``flwr-clientapp``) with ``argv``."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(sock_path)
+    except OSError:
+        conn.close()
+        os.execv(fallback, [fallback, *argv])
+    request = json.dumps({"argv": [fallback, *argv], "env": dict(os.environ), "cwd": os.getcwd()}).encode()
+    socket.send_fds(conn, [_LEN.pack(len(request))], [0, 1, 2])
+    conn.sendall(request)
+    try:
+        (pid,) = _PID.unpack(_recv_exact(conn, _PID.size))
+    except ConnectionError:
+        print("flwr-clientapp launcher: the prefork server closed the connection", file=sys.stderr)
+        return 1
+
+    def relay(sig, _frame):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGINT, relay)
+    signal.signal(signal.SIGTERM, relay)
+    try:
+        (code,) = _PID.unpack(_recv_exact(conn, _PID.size))
+    except ConnectionError:  # the server stopped: wait for the child itself
+        while _alive(pid):
+            time.sleep(0.2)
+        return 1
+    return code if code >= 0 else 128 - code
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def write_launcher(bin_dir: Path, sock_path: Path, fallback: Path) -> Path:
+    """Write ``bin_dir/flwr-clientapp``: the launcher, run by this Python without site-packages (``-S``: it
+    needs the standard library only, and starts in milliseconds)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    path = bin_dir / "flwr-clientapp"
+    root = Path(__file__).resolve().parents[1]
+    path.write_text(f"#!{sys.executable} -S\n"
+                    "# fedlab's flwr-clientapp launcher (fedlab_app/prefork.py): Flower's, forked warm\n"
+                    f"import sys\nsys.path.insert(0, {str(root)!r})\nfrom fedlab_app.prefork import launch\n"
+                    f"sys.exit(launch(sys.argv[1:], {str(sock_path)!r}, {str(fallback)!r}))\n")
+    path.chmod(0o755)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "serve":
+        print("usage: python -m fedlab_app.prefork serve SOCKET", file=sys.stderr)
+        return 2
+    serve(Path(args[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The prefork server (fedlab_app/prefork.py): a launcher's child runs the entry point with the launcher's
+arguments, environment, directory and streams, and exits with its status; signals reach it; fedlab's own
+modules are not carried into it (the ClientApp's come from the FAB); without a server the launcher runs the
+fallback command itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedlab_app import prefork
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = '''import os, signal, sys, time
+PRELOADED = set(sys.modules)
+def main():
+    print("argv", sys.argv[1:], "cwd", os.getcwd(), "X", os.environ.get("X"), flush=True)
+    print("fedlab modules", sorted(m for m in sys.modules if m.split(".")[0] == "fedlab_app"), flush=True)
+    import numpy  # preloaded by the server: still the same module (a second load would fail)
+    print("numpy preloaded", numpy is sys.modules["numpy"] and "numpy" in PRELOADED, flush=True)
+    print("to stderr", file=sys.stderr, flush=True)
+    if os.environ.get("SLEEP"):
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))
+        print("sleeping", flush=True)
+        time.sleep(60)
+    return int(os.environ.get("CODE", "0"))
+'''
+
+
+@pytest.fixture
+def server(tmp_path):
+    (tmp_path / "toy.py").write_text(TOY)
+    sock = tmp_path / "s.sock"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    proc = subprocess.Popen([sys.executable, "-c", f"from fedlab_app.prefork import serve; "
+                             f"serve({str(sock)!r}, preload=('json', 'numpy'), target='toy:main')"], env=env)
+    t0 = time.monotonic()
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() - t0 < 30, "the prefork server did not start"
+        time.sleep(0.05)
+    yield prefork.write_launcher(tmp_path / "bin", sock, Path("/bin/echo"))
+    proc.terminate()
+    assert proc.wait(10) == 0
+    assert not sock.exists()
+
+
+def test_child_runs_with_the_launchers_arguments_environment_and_streams(server, tmp_path):
+    res = subprocess.run([str(server), "a", "b c"], cwd=tmp_path, env={**os.environ, "X": "42", "CODE": "3"},
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 3
+    assert f"argv ['a', 'b c'] cwd {tmp_path} X 42" in res.stdout
+    assert "fedlab modules []" in res.stdout  # the server imported fedlab_app.prefork; the child forgot it
+    assert "numpy preloaded True" in res.stdout  # third-party modules stay (a venv inside the repo too)
+    assert res.stderr.strip() == "to stderr"
+
+
+def test_signals_reach_the_child(server, tmp_path):
+    proc = subprocess.Popen([str(server)], env={**os.environ, "SLEEP": "1"}, stdout=subprocess.PIPE, text=True)
+    lines = [proc.stdout.readline().strip() for _ in range(4)]
+    assert lines[0].startswith("argv") and lines[3] == "sleeping", lines
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 7  # the child's own SIGTERM handler ran and its status came back
+
+
+def test_without_a_server_the_launcher_runs_the_fallback(tmp_path):
+    launcher = prefork.write_launcher(tmp_path / "bin", tmp_path / "nothing.sock", Path("/bin/echo"))
+    res = subprocess.run([str(launcher), "cold", "start"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0 and res.stdout.strip() == "cold start"
