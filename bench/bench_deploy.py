@@ -13,13 +13,16 @@ install, torch and fedlab) -> handler -> data and model loaded -> trained; ``gap
 from a node's reply in round r to the start of its process in round r+1 (Flower's transport and
 polling, the server's aggregation, evaluation and checkpoint).
 
-``--cold`` adds a federation whose ClientApp processes start cold (``fedlab deploy up --cold``: Flower's
-``flwr-clientapp`` as a fresh Python per message) beside the default, warm one (forked from fedlab's prefork
-server, ``fedlab_app/prefork.py``), run in turn with the others. ``--baseline`` adds one with Flower's own
-polling too (its SuperExec asks for tasks every 1 s, the ServerApp for replies every 3 s:
-``FEDLAB_REPLY_POLL_S=3``; cold).
+The default federation is ``fedlab deploy up``'s: ClientApp processes forked warm from fedlab's prefork server
+(``fedlab_app/prefork.py``), SuperNodes that ask for work every 0.2 s when idle and retry object pulls sooner
+(``fedlab_app/flower_waits.py``), arrays sent flat (``fedlab_app/wire.py``). Each flag adds a federation, run in
+turn with the others (see ``VARIANTS``): ``--cold``, Flower's own SuperNode and wire (``flwr-clientapp`` as a
+fresh Python per message, plain ``flower-supernode``, arrays one by one); ``--per-array``, the default but arrays
+one by one; ``--flower-node-poll``, the default but plain ``flower-supernode``; ``--baseline``, Flower's own
+polling everywhere (also its SuperExec's 1 s and a ServerApp asking for replies every 3 s).
 
-Usage: ``.venv/bin/python bench/bench_deploy.py [--reps 2] [--rounds 5] [--cold] [--baseline] [--out results/bench/deploy.json]``
+Usage: ``.venv/bin/python bench/bench_deploy.py [--reps 2] [--rounds 5] [--cold] [--per-array] [--flower-node-poll]
+[--baseline] [--out results/bench/deploy.json]``
 """
 
 from __future__ import annotations
@@ -100,66 +103,72 @@ def timeline(paths: list[Path]) -> dict:
     return {k: round(statistics.median(v), 3) for k, v in phases.items() if v}
 
 
+FLOWER_WIRE = {"FEDLAB_FLAT_WIRE": "0"}  # the ServerApp sends arrays one by one (fedlab_app/wire.py)
+VARIANTS = {  # name -> (flag, help, deploy.up keyword arguments, environment of its processes)
+    "cold": ("--cold", "also Flower's own SuperNode: ClientApps start cold, plain flower-supernode (3 s idle wait, "
+             "1 s first object retry), arrays one by one", {"warm": False, "poll": None}, FLOWER_WIRE),
+    "per_array": ("--per-array", "also the default federation sending arrays one by one (FEDLAB_FLAT_WIRE=0)",
+                  {}, FLOWER_WIRE),
+    "flower_node_poll": ("--flower-node-poll", "also a warm federation of plain flower-supernode processes "
+                         "(3 s idle wait, 1 s first object retry)", {"poll": None}, {}),
+    "flower_polling": ("--baseline", "also Flower's own polling everywhere (plain flower-supernode, SuperExec 1 s, "
+                       "ServerApp replies 3 s), cold ClientApps, arrays one by one", {"warm": False, "poll": None},
+                       {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0", "FEDLAB_REPLY_POLL_S": "3", **FLOWER_WIRE}),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--baseline", action="store_true",
-                    help="also a federation with Flower's own polling (SuperExec 1 s, replies every 3 s), interleaved")
-    ap.add_argument("--cold", action="store_true", help="also a federation whose ClientApps start cold, interleaved")
+    for flag, help_, _, _ in VARIANTS.values():
+        ap.add_argument(flag, action="store_true", help=help_ + ", interleaved")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "deploy.json")
     a = ap.parse_args()
+    chosen = [v for v, (flag, *_) in VARIANTS.items() if getattr(a, flag[2:].replace("-", "_"))]
     tmp = Path(tempfile.mkdtemp(prefix="bench_deploy_"))
     os.environ["FLWR_HOME"] = str(tmp / "flwr_home")
     os.environ[TIMELINE] = str(tmp / "timeline.jsonl")  # the SuperNodes' ClientApps append here
-    d, base, cold_d = tmp / "federation", tmp / "federation_flower_polls", tmp / "federation_cold"
+    dirs = {"deployed": tmp / "federation", **{v: tmp / f"federation_{v}" for v in chosen}}
     t0 = time.perf_counter()
-    deploy.up(d, 3, port=free_port_block(4))
+    deploy.up(dirs["deployed"], 3, port=free_port_block(4))
     up_s = time.perf_counter() - t0
-    if a.baseline:  # the same federation with Flower's own polling: SuperExec 1 s, replies every 3 s
-        os.environ.update(FLWR_SUPEREXEC_TASK_POLL_INTERVAL="1.0", FEDLAB_REPLY_POLL_S="3")
-        deploy.up(base, 3, port=free_port_block(4), warm=False)
-        del os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"], os.environ["FEDLAB_REPLY_POLL_S"]
-    if a.cold:
-        deploy.up(cold_d, 3, port=free_port_block(4), warm=False)
-    deployed, baseline, simulated, cold = [], [], [], []
+    for v in chosen:
+        kwargs, env = VARIANTS[v][2], VARIANTS[v][3]
+        os.environ.update(env)  # the federation's processes keep the environment they started with
+        deploy.up(dirs[v], 3, port=free_port_block(4), **kwargs)
+        for k in env:
+            del os.environ[k]
+    rounds: dict[str, list[float]] = {"deployed": [], "simulated": [], **{v: [] for v in chosen}}
     try:
         for rep in range(a.reps):
-            deployed += run([FEDLAB, "deploy", "run", "--dir", str(d), *WORK, f"rounds={a.rounds}"], tmp / f"deploy{rep}")
-            os.replace(tmp / "timeline.jsonl", tmp / f"deploy{rep}.jsonl")
-            simulated += run([FEDLAB, "run", *WORK, f"rounds={a.rounds}"], tmp / f"sim{rep}",
-                             {**os.environ, TIMELINE: str(tmp / f"sim{rep}.jsonl")})
-            if a.cold:
-                cold += run([FEDLAB, "deploy", "run", "--dir", str(cold_d), *WORK, f"rounds={a.rounds}"],
-                            tmp / f"cold{rep}")
-                os.replace(tmp / "timeline.jsonl", tmp / f"cold{rep}.jsonl")
-            if a.baseline:
-                baseline += run([FEDLAB, "deploy", "run", "--dir", str(base), *WORK, f"rounds={a.rounds}"],
-                                tmp / f"base{rep}")
-                os.replace(tmp / "timeline.jsonl", tmp / f"base{rep}.jsonl")
-            print(f"rep {rep}: deployed {deployed[-(a.rounds - 1):]}, simulated {simulated[-(a.rounds - 1):]}, "
-                  f"cold {cold[-(a.rounds - 1):]}, Flower's polling {baseline[-(a.rounds - 1):]}, "
-                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+            for v in ["deployed", "simulated", *chosen]:
+                if v == "simulated":
+                    rounds[v] += run([FEDLAB, "run", *WORK, f"rounds={a.rounds}"], tmp / f"simulated{rep}",
+                                     {**os.environ, TIMELINE: str(tmp / f"simulated{rep}.jsonl")})
+                    continue
+                rounds[v] += run([FEDLAB, "deploy", "run", "--dir", str(dirs[v]), *WORK, f"rounds={a.rounds}"],
+                                 tmp / f"{v}{rep}")
+                os.replace(tmp / "timeline.jsonl", tmp / f"{v}{rep}.jsonl")
+            last = ", ".join(f"{v} {[round(x, 2) for x in r[-(a.rounds - 1):]]}" for v, r in rounds.items())
+            print(f"rep {rep}: {last}, load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
-        deploy.down(d)
-        if a.baseline:
-            deploy.down(base)
-        if a.cold:
-            deploy.down(cold_d)
+        for d in dirs.values():
+            deploy.down(d)
+    med = {v: statistics.median(r) for v, r in rounds.items()}
     res = {"work": WORK + [f"rounds={a.rounds}"], "reps": a.reps, "steady_rounds": f"2..{a.rounds}",
-           "deployed_round_s": round(statistics.median(deployed), 3),
-           "simulated_round_s": round(statistics.median(simulated), 3),
-           "overhead_s": round(statistics.median(deployed) - statistics.median(simulated), 3),
-           "deployed_rounds_s": [round(x, 3) for x in deployed], "simulated_rounds_s": [round(x, 3) for x in simulated],
-           "deploy_up_s": round(up_s, 1), "timeline_median_s": {"deployed": timeline([tmp / f"deploy{r}.jsonl" for r in range(a.reps)]),
-                                 "simulated": timeline([tmp / f"sim{r}.jsonl" for r in range(a.reps)])},
-           **({"cold_round_s": round(statistics.median(cold), 3), "cold_rounds_s": [round(x, 3) for x in cold],
-               "timeline_cold_median_s": timeline([tmp / f"cold{r}.jsonl" for r in range(a.reps)])} if cold else {}),
-           **({"flower_polling_round_s": round(statistics.median(baseline), 3),
-               "flower_polling_rounds_s": [round(x, 3) for x in baseline],
-               "timeline_flower_polling_median_s": timeline([tmp / f"base{r}.jsonl" for r in range(a.reps)])}
-              if baseline else {}),
-           "superexec_poll_s": deploy.flwr_env(d).get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "1.0 (Flower's default)"),
+           "deployed_round_s": round(med["deployed"], 3), "simulated_round_s": round(med["simulated"], 3),
+           "overhead_s": round(med["deployed"] - med["simulated"], 3),
+           "deployed_rounds_s": [round(x, 3) for x in rounds["deployed"]],
+           "simulated_rounds_s": [round(x, 3) for x in rounds["simulated"]],
+           "deploy_up_s": round(up_s, 1),
+           "timeline_median_s": {"deployed": timeline([tmp / f"deployed{r}.jsonl" for r in range(a.reps)]),
+                                 "simulated": timeline([tmp / f"simulated{r}.jsonl" for r in range(a.reps)])},
+           **{k: val for v in chosen for k, val in (
+               (f"{v}_round_s", round(med[v], 3)), (f"{v}_rounds_s", [round(x, 3) for x in rounds[v]]),
+               (f"timeline_{v}_median_s", timeline([tmp / f"{v}{r}.jsonl" for r in range(a.reps)])))},
+           "node_poll_s": deploy.NODE_POLL_S,
+           "superexec_poll_s": deploy.flwr_env(dirs["deployed"]).get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL"),
            "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
                        "python": platform.python_version()}}
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ run and process; per-round settings (mode, lr, epochs or steps, round) come in t
 ConfigRecord. One dispatch on the message's ``mode`` value picks what the node does
 (``strategies.client_fits()``); every mode trains through :meth:`fedlab_app.local.Node.fit`. The
 shard is loaded once per process and cached; nothing that must survive rounds is kept in Python
-globals (it lives in the node's ``context.state``).
+globals (it lives in the node's ``context.state``). Arrays arrive and leave flat (``fedlab_app/wire.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 import strategies
 from clients.perf import tune_process
 from clients.train import evaluate
-from fedlab_app import config
+from fedlab_app import config, wire
 from fedlab_app.local import Node
 
 app = ClientApp()
@@ -80,6 +80,7 @@ def node_for(msg: Message, context: Context, pid: int | None = None, load: bool 
 
 
 @app.train()
+@wire.flat_wire
 def train_handler(msg: Message, context: Context) -> Message:
     """Do what the message's ``mode`` asks of this node (train, mix and train, compute a gradient)."""
     conf = msg.content["config"]
@@ -100,6 +101,7 @@ def train_handler(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@wire.flat_wire
 def evaluate_handler(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this node's shard (federated evaluation)."""
     pid = msg.content["config"].get("pid") if "config" in msg.content else None
@@ -111,6 +113,7 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
 
 
 @app.query()
+@wire.flat_wire
 def query_handler(msg: Message, context: Context) -> Message:
     """Tell the server this node's partition id (the driver addresses nodes by it)."""
     return Message(RecordDict({"metrics": MetricRecord({"partition-id": int(context.node_config["partition-id"])})}),

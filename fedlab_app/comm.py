@@ -15,6 +15,8 @@ from typing import Any
 
 from flwr.app import Message
 
+from fedlab_app import wire
+
 
 def message_bytes(msg: Message) -> int:
     """Payload bytes of a message: the sum of its ArrayRecords' ``count_bytes()``."""
@@ -93,8 +95,10 @@ class CountingGrid:
     each node's bytes (both ways) since :meth:`begin_round`.
     """
 
-    def __init__(self, grid: Any, ledger: Ledger, node_names: dict[int, Any] | None = None) -> None:
+    def __init__(self, grid: Any, ledger: Ledger, node_names: dict[int, Any] | None = None,
+                 flat: bool = wire.ENABLED) -> None:
         self._grid = grid
+        self.flat = flat  # arrays cross Flower flat (fedlab_app/wire.py); counted as built either way
         self.ledger = ledger
         self.node_names = node_names if node_names is not None else {}
         self.round_bytes: dict = defaultdict(int)
@@ -147,7 +151,8 @@ class CountingGrid:
         partition id its reply carries (node ids are random per run; partition ids survive a resume).
         Every message sent and received is counted as transport, whatever ``count`` says."""
         messages = list(messages)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        with wire.flat_while_sent(messages, self.flat):
+            replies = wire.decoded(self._grid.send_and_receive(messages, timeout=timeout))
         self._carried(messages)
         self._carried(replies)
         self._asked.update({m.metadata.message_id: m.metadata.dst_node_id for m in messages})
@@ -164,7 +169,8 @@ class CountingGrid:
         """Push without waiting; count each message sent (``count=False``: work re-issued after a resume,
         which the checkpointed ledger already holds)."""
         messages = list(messages)
-        ids = list(self._grid.push_messages(messages))
+        with wire.flat_while_sent(messages, self.flat):
+            ids = list(self._grid.push_messages(messages))
         self._carried(messages)
         for mid, m in zip(ids, messages):
             self._asked[mid] = m.metadata.dst_node_id
@@ -175,7 +181,7 @@ class CountingGrid:
     def pull_messages(self, message_ids: Iterable[str], count: bool = True) -> list[Message]:
         """Pull the replies that have arrived for ``message_ids``; count each one (``count=False``: transport
         only, the caller counts the virtual clients' replies packed in it)."""
-        replies = list(self._grid.pull_messages(list(message_ids)))
+        replies = wire.decoded(self._grid.pull_messages(list(message_ids)))
         self._carried(replies)
         self._learn(replies)
         for r in replies:

@@ -24,13 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-from fedlab_app import prefork
+from fedlab_app import flower_waits, prefork
 from fedlab_app.results import RunDir
 
 DEFAULT_DIR = Path(".fedlab-deploy")
 CONNECTION = "fedlab"
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr live beside this Python
 SUPEREXEC_POLL_S = "0.1"  # how often a SuperExec asks for a task to start (Flower's default: 1 s, per message)
+NODE_POLL_S = 0.2  # the longest wait in a SuperNode's loop (fedlab_app/flower_waits.py; Flower's own: 3 s)
 PREFORK_BIN, PREFORK_SOCKET = "prefork-bin", "prefork.sock"  # start_prefork's launcher directory and socket
 
 
@@ -192,10 +193,17 @@ def start_superlink(d: Path, host: str, port: int, tls: bool, auth: bool) -> sub
 
 
 def start_supernode(d: Path, superlink: str, partition: int, num_partitions: int, port: int, *, key: Path | None = None,
-                    name: str | None = None, tls: bool = True) -> subprocess.Popen:
-    """Start a SuperNode told its shard by node config (``partition-id``, ``num-partitions``)."""
-    cmd = [str(BIN / "flower-supernode"), "--superlink", superlink, "--port", str(port),
-           "--node-config", f"partition-id={partition} num-partitions={num_partitions}"]
+                    name: str | None = None, tls: bool = True, poll: float | None = NODE_POLL_S) -> subprocess.Popen:
+    """Start a SuperNode told its shard by node config (``partition-id``, ``num-partitions``): Flower's
+    ``flower-supernode``, its waits shortened (:mod:`fedlab_app.flower_waits`: idle polls every ``poll`` seconds,
+    object pulls retried sooner), or exactly as Flower starts it when ``poll`` is None."""
+    if poll is None:
+        cmd = [str(BIN / "flower-supernode")]
+    else:
+        flower_waits.ShortSleeps(poll)  # a bad value fails here, not in the node's log
+        cmd = [sys.executable, "-m", "fedlab_app.flower_waits", str(poll)]
+    cmd += ["--superlink", superlink, "--port", str(port),
+            "--node-config", f"partition-id={partition} num-partitions={num_partitions}"]
     cmd += ["--root-certificates", str((d / "certs" / "ca.crt").resolve())] if tls else ["--insecure"]
     if key is not None:
         cmd += ["--auth-supernode-private-key", str(key)]
@@ -207,9 +215,12 @@ class AlreadyRunning(RuntimeError):
 
 
 def up(d: Path, nodes: int, host: str = "127.0.0.1", port: int = 9300, tls: bool = True, auth: bool = True,
-       warm: bool = True) -> dict:
+       warm: bool = True, poll: float | None = NODE_POLL_S) -> dict:
     """A local federation: one SuperLink and ``nodes`` SuperNodes (keys made and registered when ``auth``), whose
-    ClientApp processes start warm (:func:`start_prefork`) unless ``warm`` is false (Flower's cold start)."""
+    ClientApp processes start warm (:func:`start_prefork`) unless ``warm`` is false (Flower's cold start), and
+    which ask for work every ``poll`` seconds when idle (:func:`start_supernode`; None: Flower's own)."""
+    if poll is not None:
+        flower_waits.ShortSleeps(poll)
     d.mkdir(parents=True, exist_ok=True)
     if any(_alive(p["pid"]) for p in load_state(d)["processes"]):
         raise AlreadyRunning(f"{d} already runs processes; `fedlab deploy down --dir {d}` first")
@@ -223,7 +234,7 @@ def up(d: Path, nodes: int, host: str = "127.0.0.1", port: int = 9300, tls: bool
         if auth:
             key, pub = make_node_key(d / "keys" / f"node{i}")
             register(d, pub)
-        start_supernode(d, f"{host}:{port}", i, nodes, port + 1 + i, key=key, tls=tls)
+        start_supernode(d, f"{host}:{port}", i, nodes, port + 1 + i, key=key, tls=tls, poll=poll)
     return load_state(d)
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from fedlab_app import config, deploy, report
+from fedlab_app import config, deploy, flower_waits, report
 from fedlab_app.compose import compose
 from fedlab_app.server_app import resolve_run_dir
 from fedlab_app.simulate import APP_DIR, PreflightError, preflight
@@ -16,8 +16,10 @@ from fedlab_app.simulate import APP_DIR, PreflightError, preflight
 HELP = """fedlab deploy: run the app on a real SuperLink and SuperNodes
 
   fedlab deploy up --nodes 3 [--dir D] [--host 127.0.0.1] [--port 9300] [--insecure] [--no-auth] [--cold]
+                   [--node-poll 0.2]
         a local federation: certificates, node keys (registered), SuperLink + SuperNodes in the background;
-        their ClientApp processes start warm (fedlab_app/prefork.py) unless --cold
+        their ClientApp processes start warm (fedlab_app/prefork.py) unless --cold; idle SuperNodes ask for
+        work every --node-poll seconds (fedlab_app/flower_waits.py; 3 is Flower's own wait)
   fedlab deploy warm [--dir D]                  on a device: the prefork server for SuperNodes started
                                                 with D/prefork-bin first on their PATH
   fedlab deploy run [--dir D] [key=value ...]   the experiment (Hydra overrides) on that federation
@@ -46,12 +48,17 @@ def main(argv: list[str]) -> int:
         ap.add_argument("--insecure", action="store_true", help="no TLS")
         ap.add_argument("--no-auth", action="store_true", help="no SuperNode authentication")
         ap.add_argument("--cold", action="store_true", help="a fresh Python per ClientApp message (Flower's own)")
+        ap.add_argument("--node-poll", type=float, default=deploy.NODE_POLL_S,
+                        help="longest wait of an idle SuperNode before it asks for work again, in seconds "
+                             "(0 < S <= 3; 3 is Flower's own)")
         a = ap.parse_args(rest)
         if a.nodes < 1:
             ap.error(f"--nodes={a.nodes} is invalid; allowed: an integer >= 1")
+        if not 0 < a.node_poll <= flower_waits.LONGEST_DEFAULT_S:
+            ap.error(f"--node-poll={a.node_poll:g} is invalid; allowed: seconds > 0 and <= 3 (Flower's own)")
         try:
             state = deploy.up(a.dir, a.nodes, a.host, a.port, tls=not a.insecure, auth=not a.no_auth,
-                              warm=not a.cold)
+                              warm=not a.cold, poll=a.node_poll)
         except deploy.AlreadyRunning as exc:  # leave the running federation alone
             print(f"fedlab deploy up: {exc}", file=sys.stderr)
             return 1

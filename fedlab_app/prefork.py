@@ -38,6 +38,7 @@ from pathlib import Path
 PRELOAD = ("numpy", "torch", "torch.nn.functional", "torch.optim", "torch._dynamo", "flwr.app", "flwr.clientapp",
            "flwr.supernode.cli.flwr_clientapp")
 TARGET = "flwr.supernode.cli.flwr_clientapp:flwr_clientapp"  # Flower's own `flwr-clientapp` entry point
+WAITS = "fedlab_app.flower_waits"  # retry_object_pulls_sooner, applied before the first fork
 _LEN = struct.Struct("!Q")  # the request's length, sent with the launcher's stdin, stdout and stderr
 _PID = struct.Struct("!q")  # the child's pid, then its exit status, to the launcher
 
@@ -91,6 +92,12 @@ def serve(sock_path: Path, preload: tuple[str, ...] = PRELOAD, target: str = TAR
     """Import ``preload``, then fork a child per launcher that connects to ``sock_path``; runs until SIGTERM."""
     for name in preload:
         importlib.import_module(name)
+    # the launcher runs this file without site-packages, so Flower-facing code is imported here, by name
+    if target == TARGET and len(importlib.import_module(WAITS).retry_object_pulls_sooner()) < 2:
+        # a SuperNode creates a message's task before it has pulled the message's objects, so a ClientApp that
+        # starts warm asks for them early and met Flower's 1 s first retry (py-spy: 1.2 s of a warm 1.65 s start)
+        print("prefork: Flower's object pulls keep their own retry waits (settings not found)",
+              file=sys.stderr, flush=True)
     sock_path = Path(sock_path)
     sock_path.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -206,9 +206,14 @@ def resolved(method: str, params: Params) -> Params:
     return dataclasses.replace(params, matrix=DEFAULT_MATRIX[method]) if params.matrix == "auto" else params
 
 
+MAX_NODES = 4096  # a dense 4096 x 4096 float64 mixing matrix is 134 MB
+
+
 def check_setup(method: str, params: Params, m: int, seed: int) -> None:
     """Refuse, before training, a matrix the method cannot use with ``m`` nodes (raises ConfigError)."""
     name = params.matrix
+    check(m <= MAX_NODES, "num_clients", m, f"at most {MAX_NODES} nodes for strategy={method} (its mixing matrix "
+          f"is dense, num_clients x num_clients, and is built and checked before training)")
     if method == "gosgd":
         check(name == "gosgd", "strategy.matrix", name, "gosgd (GoSGD mixes by its random pushes)")
     need = mixing.KIND.get(name)

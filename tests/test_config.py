@@ -129,3 +129,11 @@ def test_packing_async_sgd_needs_the_virtual_clock():
         config.parse(config.flatten(compose("strategy=centralized", "sim.clients_per_worker=2")))
     cfg = config.parse(config.flatten(compose("strategy=async_sgd", "sim.clients_per_worker=2")))
     assert cfg.sim.clients_per_worker == 2
+
+
+@pytest.mark.parametrize("name", ["dpsgd", "sgp", "gosgd"])
+def test_gossip_refuses_more_nodes_than_its_dense_matrix_allows(name):
+    """num_clients=10**9 once built a 10**9 x 10**9 mixing matrix while validating (the config fuzz test drew
+    such values and ran out of memory); now it is refused at once, naming the key and the bound."""
+    with pytest.raises(config.ConfigError, match=r"num_clients=1000000000 is invalid.*at most 4096 nodes"):
+        config.parse(config.flatten(compose(f"strategy={name}", "client.local_steps=2", "num_clients=1000000000")))
