@@ -23,16 +23,8 @@ import sys
 import threading
 import time
 
-from fedlab_app import config, report
-from fedlab_app import reproduce as reproduce_study
-from fedlab_app.compare import compare
-from fedlab_app.compose import CONF_DIR, register_resolvers
-from fedlab_app.deploy_cli import main as deploy_main
-from fedlab_app.html_report import build_report, screenshot
-from fedlab_app.landscape_io import run_landscape
-from fedlab_app.plots import plot_run
-from fedlab_app.results import RunDir
-from fedlab_app.simulate import PreflightError, simulate
+# Each command imports what it needs when it runs: ``fedlab deploy`` need not import torch and matplotlib,
+# nor ``fedlab run`` Flower's SuperNode and the report's templates (a config error is refused sooner).
 
 USAGE = __doc__
 
@@ -48,6 +40,9 @@ def _run_task(dcfg) -> str:
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    from fedlab_app import config, report
+    from fedlab_app.simulate import PreflightError, simulate
 
     nested = config.from_hydra(dcfg)
     hydra_cfg = HydraConfig.get()
@@ -74,6 +69,8 @@ def _run_task(dcfg) -> str:
 
 def _hydra_main(argv: list[str]) -> int:
     import hydra
+
+    from fedlab_app.compose import CONF_DIR, register_resolvers
 
     register_resolvers()
 
@@ -111,6 +108,8 @@ def _no_threads_left(before: set, code: int, timeout_s: float = 10.0) -> int:
 
 
 def _compare(argv: list[str]) -> int:
+    from fedlab_app.compare import compare
+
     ap = argparse.ArgumentParser(prog="fedlab compare", description="Compare finished runs.")
     ap.add_argument("paths", nargs="+", help="run directories or folders holding them (e.g. a sweep)")
     ap.add_argument("--rows", help="config key for the table's rows, e.g. client.batch_size")
@@ -133,6 +132,7 @@ def _compare(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
+    from fedlab_app.html_report import build_report, screenshot
 
     ap = argparse.ArgumentParser(prog="fedlab report", description="One self-contained HTML page of runs.")
     ap.add_argument("paths", nargs="+", help="run directories or folders holding them (a sweep, a study)")
@@ -153,6 +153,7 @@ def _report(argv: list[str]) -> int:
 
 
 def _landscape(argv: list[str]) -> int:
+    from fedlab_app.landscape_io import run_landscape
 
     ap = argparse.ArgumentParser(prog="fedlab landscape", description="Loss landscape around runs' trajectories.")
     ap.add_argument("paths", nargs="+", help="run directories with checkpoints (one common PCA basis)")
@@ -172,6 +173,8 @@ def _landscape(argv: list[str]) -> int:
 
 def _reproduce(argv: list[str]) -> int:
     """``fedlab reproduce ...``: see :mod:`fedlab_app.reproduce`."""
+    from fedlab_app import reproduce as reproduce_study
+
     return reproduce_study.main(argv)
 
 
@@ -185,6 +188,9 @@ def main() -> None:
     if cmd == "run":
         raise SystemExit(_hydra_main(rest))
     if cmd == "plot":
+        from fedlab_app.plots import plot_run
+        from fedlab_app.results import RunDir
+
         for path in rest:
             for p in plot_run(RunDir(path)):
                 print(p)
@@ -196,6 +202,8 @@ def main() -> None:
     if cmd == "landscape":
         raise SystemExit(_landscape(rest))
     if cmd == "deploy":
+        from fedlab_app.deploy_cli import main as deploy_main
+
         raise SystemExit(deploy_main(rest))
     if cmd == "reproduce":
         raise SystemExit(_reproduce(rest))

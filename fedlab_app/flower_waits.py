@@ -25,9 +25,8 @@ from __future__ import annotations
 import sys
 import time as _time
 
-from flwr.supercore.inflatable import inflatable_utils as utils
-from flwr.supernode import start_client_internal as loop
-from flwr.supernode.cli import flower_supernode
+# Flower's SuperNode modules are imported where they are changed: ``fedlab deploy`` imports this module to
+# validate its arguments, and Flower's SuperNode costs 1.5 s to import.
 
 LONGEST_DEFAULT_S = 3.0  # Flower 1.41's longest wait in the SuperNode loop
 FIRST_PULL_RETRY_S = 0.05  # first retry of an object not there yet (Flower: 1 s), doubling ...
@@ -52,7 +51,9 @@ class ShortSleeps:
 
 def shorten_waits(longest: float) -> ShortSleeps:
     """Cut every ``time.sleep`` in Flower's SuperNode loop to at most ``longest`` seconds (process-wide)."""
-    proxy = ShortSleeps(longest)
+    proxy = ShortSleeps(longest)  # refuses a bad interval before Flower is imported
+    from flwr.supernode import start_client_internal as loop
+
     loop.time = proxy
     return proxy
 
@@ -61,6 +62,8 @@ def retry_object_pulls_sooner(first: float = FIRST_PULL_RETRY_S, cap: float = PU
     """Start the retries of Flower's object pulls after ``first`` seconds and cap them at ``cap`` (process-wide:
     the defaults of ``pull_objects`` and ``pull_and_inflate_object_from_tree``, which passes its own on).
     Returns the functions changed (none if Flower renamed those settings: its waits then stay)."""
+    from flwr.supercore.inflatable import inflatable_utils as utils
+
     changed = []
     for name in ("pull_objects", "pull_and_inflate_object_from_tree"):
         defaults = getattr(getattr(utils, name, None), "__kwdefaults__", None) or {}
@@ -81,6 +84,8 @@ def main(argv: list[str]) -> None:
     if len(retry_object_pulls_sooner()) < 2:
         print("fedlab_app.flower_waits: Flower's object pulls keep their own retry waits (settings not found)",
               file=sys.stderr, flush=True)
+    from flwr.supernode.cli import flower_supernode
+
     sys.argv = ["flower-supernode", *argv[1:]]
     flower_supernode()
 

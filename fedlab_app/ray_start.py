@@ -52,6 +52,51 @@ def private_init_args(verbose: bool) -> dict:
             "_system_config": {"preload_python_modules": list(WORKER_PRELOAD)}}
 
 
+def lean(init_args: dict) -> bool:
+    """Whether a Ray instance started with ``init_args`` does without Ray's services that a quiet private
+    instance never uses: a private instance (``address="local"``) of a run that is not verbose, unless the
+    environment says ``FEDLAB_RAY_LEAN=0`` (Ray's full set, e.g. should a Ray release change what this skips)."""
+    return (os.environ.get("FEDLAB_RAY_LEAN", "1") != "0" and init_args.get("address") == "local"
+            and init_args.get("logging_level") == logging.ERROR)
+
+
+def init(init_args: dict) -> None:
+    """``ray.init(**init_args)``; a :func:`lean` instance starts without three of Ray's Python services.
+
+    ``ray.init`` starts, whatever its arguments, the autoscaler monitor, the log monitor and the API server
+    (the dashboard head, with ``include_dashboard=False`` in its minimal form). A private instance with a
+    fixed set of cores never autoscales, nobody asks its API server, and the log monitor only copies the
+    workers' stdout and stderr to this terminal, which a run that is not verbose does not want (errors of
+    the ClientApp still come back in Flower's replies; ``verbose=true`` keeps all three). Together they
+    held 170 MB of the default run's 1.5 GB PSS and started three more Python interpreters during the
+    launch (``results/bench/memory.json``). Ray's own switches for the first two (``RayParams.no_monitor``,
+    ``include_log_monitor``) are not arguments of ``ray.init``, so they are set on the parameters it
+    builds, and the head's ``start_api_server`` is skipped while ``ray.init`` runs
+    (``tests/test_ray_start.py`` checks which processes a lean instance has and that a run completes).
+    """
+    import ray  # heavy: imported only when simulating
+
+    args = copy.deepcopy(init_args)  # ray.init adds its own keys to _system_config
+    if not lean(init_args):
+        ray.init(**args)
+        return
+    from ray._private import node, parameter
+
+    params, start_api = parameter.RayParams, node.Node.start_api_server
+
+    class LeanParams(params):
+        def __init__(self, *a, **kw) -> None:
+            kw.setdefault("no_monitor", True)
+            kw.setdefault("include_log_monitor", False)
+            super().__init__(*a, **kw)
+
+    parameter.RayParams, node.Node.start_api_server = LeanParams, lambda self, **kw: None
+    try:
+        ray.init(**args)
+    finally:
+        parameter.RayParams, node.Node.start_api_server = params, start_api
+
+
 def set_worker_env() -> None:
     """The environment Ray's processes inherit: this process's ``sys.path`` as ``PYTHONPATH`` (no runtime
     environment is given, see ``start``) and Flower's and Ray's switches."""
@@ -93,9 +138,7 @@ def start_early(argv: list[str]) -> bool:
 
     def init() -> None:
         try:
-            import ray  # heavy: imported only when simulating
-
-            ray.init(**copy.deepcopy(args))  # ray.init adds its own keys to _system_config
+            init(args)
         except Exception as exc:  # start() then starts Ray itself, and raises what it raises there
             _early["error"] = exc
         finally:
@@ -157,9 +200,7 @@ def start(init_args: dict) -> None:
     early = _take()
     if early is not None and early == init_args:
         return
-    import ray  # heavy: imported only when simulating
-
     if early is not None:
-        ray.shutdown()
+        sys.modules["ray"].shutdown()
     set_worker_env()
-    ray.init(**copy.deepcopy(init_args))
+    init(init_args)

@@ -313,6 +313,7 @@ def _cifar_npz_at_hand() -> bool:
     return any(d and (Path(d) / "cifar10_jpeg.npz").is_file() for d in dirs)
 
 
+@pytest.mark.slow  # decodes all 60,000 JPEGs: 12 s on 2 cores
 @pytest.mark.skipif(not _cifar_npz_at_hand(), reason="cifar10_jpeg.npz not in shared/data/ "
                     "or $FEDLAB_DATA_DIR (see shared/data/README.md)")
 def test_real_cifar10_jpeg_npz():

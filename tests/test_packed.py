@@ -40,7 +40,10 @@ def run(tmp, name, packing):
     return summary, rd.read_metrics(), RunDir.load_checkpoint(rd.last_checkpoint())[1]
 
 
-@pytest.mark.parametrize("name", ["slowmo_unequal", "dpsgd_keep", pytest.param("fedavg_epochs", marks=pytest.mark.slow),
+# the default suite keeps one family's equivalence (26 s each on 2 cores); the goldens (tests/test_golden.py)
+# run gossip and async packed, as every run is, against runs recorded before packing changed anything
+@pytest.mark.parametrize("name", ["slowmo_unequal", pytest.param("dpsgd_keep", marks=pytest.mark.slow),
+                                  pytest.param("fedavg_epochs", marks=pytest.mark.slow),
                                   pytest.param("localsgd_keep", marks=pytest.mark.slow),
                                   pytest.param("fednova_unequal", marks=pytest.mark.slow),
                                   pytest.param("fedadam", marks=pytest.mark.slow)])
@@ -76,7 +79,8 @@ ASYNC_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", ["async_dc", pytest.param("async_sync", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", [pytest.param("async_dc", marks=pytest.mark.slow),
+                                  pytest.param("async_sync", marks=pytest.mark.slow)])
 def test_packed_async_equals_one_worker_per_message(name, tmp_path):
     """Asynchronous SGD packed: jobs are decided at dispatch and sent together when a result is needed; the
     results, the virtual clock, the staleness and the logical counts (per round too) are those of one job per

@@ -2,7 +2,8 @@
 
 Checked: which command lines start Ray early; that the run takes the early instance over when it asks for
 the same arguments and starts its own otherwise; that a configuration error through the script exits 2
-with its message and leaves no Ray process; and (slow) a whole run through the script.
+with its message and leaves no Ray process; which instances start lean, and (slow) that a lean instance
+lacks exactly the three services it skips and still runs actors; and (slow) a whole run through the script.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import pytest
 import strategies
 from fedlab_app.ray_start import (
     NO_RAY_STRATEGIES,
+    common_init_args,
+    lean,
     plain_simulated_run,
     private_init_args,
 )
@@ -154,6 +157,60 @@ def test_ctrl_c_while_ray_starts_exits_130_and_leaves_no_ray_process(tmp_path):
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err[-2000:]
         assert "fedlab: interrupted" in err and "Traceback" not in err
+        assert _no_ray_left(temp) == []
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_only_a_quiet_private_instance_is_lean(monkeypatch):
+    monkeypatch.delenv("FEDLAB_RAY_LEAN", raising=False)
+    assert lean(private_init_args(verbose=False))
+    assert not lean(private_init_args(verbose=True))  # verbose: the workers' output reaches the terminal
+    assert not lean({**common_init_args(False), "address": "auto"})  # a cluster is what it is
+    monkeypatch.setenv("FEDLAB_RAY_LEAN", "0")
+    assert not lean(private_init_args(verbose=False))
+
+
+LEAN = """
+import json, os, sys
+from fedlab_app import ray_start
+import ray
+
+ray_start.init(ray_start.private_init_args(verbose=sys.argv[1] == "verbose"))
+
+@ray.remote
+def pid():
+    return os.getpid()
+
+assert ray.get(pid.remote()) != os.getpid()
+temp = os.environ["RAY_TMPDIR"]
+cmds = []
+for proc in os.listdir("/proc"):
+    try:
+        cmd = open(f"/proc/{proc}/cmdline", "rb").read().replace(b"\\0", b" ").decode(errors="replace")
+    except OSError:
+        continue
+    if temp in cmd or "ray::" in cmd:
+        cmds.append(cmd)
+ray.shutdown()
+print(json.dumps(cmds))
+"""
+
+SKIPPED = ("autoscaler/_private/monitor.py", "_private/log_monitor.py", "dashboard/dashboard.py")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["quiet", "verbose"])
+def test_a_lean_instance_lacks_the_three_services_and_runs_tasks(how):
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    try:
+        proc = subprocess.run([sys.executable, "-c", LEAN, how], capture_output=True, text=True, timeout=120,
+                              cwd=ROOT, env={**os.environ, "RAY_TMPDIR": temp, "FEDLAB_RAY_LEAN": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        cmds = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert any("gcs_server" in c for c in cmds) and any("raylet" in c for c in cmds)
+        present = {s for s in SKIPPED if any(s in c for c in cmds)}
+        assert present == (set() if how == "quiet" else set(SKIPPED)), cmds
         assert _no_ray_left(temp) == []
     finally:
         shutil.rmtree(temp, ignore_errors=True)
