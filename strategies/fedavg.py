@@ -14,6 +14,7 @@ E, J and B are ``client.local_epochs``, ``client.local_steps``, ``client.batch_s
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -78,7 +79,22 @@ def sample_clients(node_ids: Iterable[int], fraction: float, minimum: int, seed:
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     """ArrayRecord -> ``{name: ndarray}``."""
-    return {k: v.numpy() for k, v in record.items()}
+    return {k: array_numpy(v) for k, v in record.items()}
+
+
+def array_numpy(a: Array) -> np.ndarray:
+    """``a.numpy()`` without parsing the .npy header with ``ast.literal_eval`` (what ``np.load`` does; 2,560
+    arrays a round for 256 LeNet-5 gossip nodes): when ``a.data`` is what ``np.save`` writes for ``a``'s dtype
+    and shape in C order, the array is read after the header (a writable copy, as ``np.load`` gives);
+    anything else goes through ``a.numpy()``."""
+    data, dtype = a.data, np.dtype(a.dtype)
+    if a.stype == "numpy.ndarray" and data[:6] == b"\x93NUMPY" and data[6:7] == b"\x01" and len(data) >= 10:
+        start = 10 + int.from_bytes(data[8:10], "little")
+        shape = tuple(a.shape)
+        header = f"{{'descr': '{dtype.str}', 'fortran_order': False, 'shape': {shape}, }}".encode()
+        if data[10:10 + len(header)] == header and len(data) - start == dtype.itemsize * math.prod(shape):
+            return np.frombuffer(data, dtype, offset=start).reshape(shape).copy()
+    return a.numpy()
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -76,11 +76,17 @@ def mix(self_coef: float, own: dict[str, np.ndarray], coefs: Sequence[float],
     Applied by the server to the models it relays (``strategies/gossip_mode.py``): the state node i's own
     mixing step would give, bit for bit, since it is this function on the same arrays.
     """
+    # in place, the same operations in the same order as ``acc = self_coef * own; acc = acc + c_j * in_j``
+    # (a float64 multiply of the float64 copy of in_j; tests/test_gossip.py checks bit equality): no
+    # temporaries per term, which made a 256-node round's mixing allocate 2 GB
     out = {}
     for k, v in own.items():
-        acc = self_coef * v.astype(np.float64)
+        acc = v.astype(np.float64)
+        acc *= self_coef
+        term = np.empty_like(acc)
         for c, m in zip(coefs, incoming):
-            acc = acc + c * m[k].astype(np.float64)
+            np.multiply(m[k], c, out=term, dtype=np.float64)
+            acc += term
         out[k] = np.rint(acc).astype(v.dtype) if np.issubdtype(v.dtype, np.integer) else acc.astype(v.dtype)
     return out
 
@@ -150,7 +156,10 @@ def consensus(ys: Sequence[dict[str, np.ndarray]], ws: np.ndarray) -> dict[str, 
     total = float(np.sum(ws))
     out = {}
     for k, v in ys[0].items():
-        acc = sum(y[k].astype(np.float64) for y in ys) / total
+        acc = np.asarray(0 + ys[0][k].astype(np.float64))  # as ``sum(...)`` starts: from 0 (-0.0 becomes 0.0)
+        for y in ys[1:]:
+            np.add(acc, y[k], out=acc, dtype=np.float64)
+        acc /= total
         out[k] = np.rint(acc).astype(v.dtype) if np.issubdtype(v.dtype, np.integer) else acc.astype(v.dtype)
     return out
 

@@ -65,3 +65,27 @@ def test_sampling_follows_partition_ids_not_the_runs_random_node_ids():
         chosen = s._sample(None, 0.5, 1, 3, server_round=2)
         picks.append(sorted(node_ids.index(n) for n in chosen))
     assert picks[0] == picks[1] and len(picks[0]) == 3
+
+
+def test_array_numpy_reads_what_np_load_reads(monkeypatch):
+    from flwr.app import Array
+
+    from strategies.fedavg import array_numpy
+
+    rng = np.random.default_rng(3)
+    fast = [rng.normal(size=(6, 1, 5, 5)).astype(np.float32), np.arange(3, dtype=np.int64), np.array(2.5, np.float32),
+            rng.normal(size=(120,)), np.zeros((0, 4), np.float32)]
+    other = [np.asfortranarray(rng.normal(size=(3, 4))), rng.normal(size=(2, 3)).astype(">f8")]  # np.load's path
+    arrays = [(Array(x), i < len(fast)) for i, x in enumerate(fast + other)]
+    wants = [a.numpy() for a, _ in arrays]
+    original = Array.numpy
+    for (a, is_fast), want in zip(arrays, wants):
+        # the C-order arrays np.save writes are read without np.load (a.numpy() would fail here)
+        monkeypatch.setattr(Array, "numpy", (lambda self: pytest.fail("np.load used")) if is_fast else original)
+        got = array_numpy(a)
+        assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes()
+        assert got.flags.writeable and (got.flags.owndata or not is_fast)
+    monkeypatch.setattr(Array, "numpy", original)
+    broken = Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=Array(np.zeros(3, np.float32)).data)
+    with pytest.raises(ValueError):  # shape and data disagree: np.load's path and its error, not a wrong array
+        array_numpy(broken).reshape(2)

@@ -160,3 +160,34 @@ def test_local_update_rules_agree_when_w_is_one():
         out = gossip.local_update(method, y, 1.0, z, z_new)
         np.testing.assert_array_equal(out["a"], z_new["a"])
         assert out["n"] == 4
+
+
+def _mix_reference(self_coef, own, coefs, incoming):
+    """``mix`` as first written (one new array per term): the in-place version must equal it bit for bit."""
+    out = {}
+    for k, v in own.items():
+        acc = self_coef * v.astype(np.float64)
+        for c, m in zip(coefs, incoming):
+            acc = acc + c * m[k].astype(np.float64)
+        out[k] = np.rint(acc).astype(v.dtype) if np.issubdtype(v.dtype, np.integer) else acc.astype(v.dtype)
+    return out
+
+
+def test_in_place_mix_and_consensus_are_bit_for_bit_the_plain_sums():
+    rng = np.random.default_rng(7)
+
+    def model():
+        return {"w": rng.normal(0, 1, (5, 7)).astype(np.float32), "b": np.array([-0.0, 0.0, 1e-30], np.float32),
+                "n": np.array(rng.integers(0, 9), np.int64), "d": rng.normal(0, 1e3, 11)}
+
+    ys, coefs = [model() for _ in range(6)], [float(c) for c in rng.dirichlet(np.ones(6))]
+    got, want = gossip.mix(coefs[0], ys[0], coefs[1:], ys[1:]), _mix_reference(coefs[0], ys[0], coefs[1:], ys[1:])
+    ws = rng.uniform(0.5, 2, 6)
+    total = float(np.sum(ws))
+    plain = {k: sum(y[k].astype(np.float64) for y in ys) / total for k in ys[0]}
+    cons = gossip.consensus(ys, ws)
+    for k in ys[0]:
+        assert got[k].dtype == want[k].dtype and got[k].tobytes() == want[k].tobytes(), k
+        ref = np.rint(plain[k]).astype(ys[0][k].dtype) if k == "n" else plain[k].astype(ys[0][k].dtype)
+        assert cons[k].dtype == ref.dtype and cons[k].tobytes() == ref.tobytes(), k
+    assert np.signbit(cons["b"][0]) == np.signbit(plain["b"][0])  # -0.0 handled as sum() does

@@ -40,8 +40,8 @@ def run(tmp, name, packing):
     return summary, rd.read_metrics(), RunDir.load_checkpoint(rd.last_checkpoint())[1]
 
 
-# the default suite keeps one family's equivalence (26 s each on 2 cores); the goldens (tests/test_golden.py)
-# run gossip and async packed, as every run is, against runs recorded before packing changed anything
+# the default suite keeps one family's equivalence (the others take about 26 s each on 2 cores): the rest run
+# with `pytest -m slow`, which CI runs too
 @pytest.mark.parametrize("name", ["slowmo_unequal", pytest.param("dpsgd_keep", marks=pytest.mark.slow),
                                   pytest.param("fedavg_epochs", marks=pytest.mark.slow),
                                   pytest.param("localsgd_keep", marks=pytest.mark.slow),
