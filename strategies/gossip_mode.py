@@ -34,7 +34,16 @@ from flwr.app import ConfigRecord
 from strategies import gossip
 from strategies.fedavg import to_numpy, to_record
 from strategies.modes import RoundOut, RoundPlan
-from strategies.sync import send_packed, tree_numpy, tree_torch
+from strategies.sync import send_packed, tree_numpy
+
+
+def restored_states(state: dict, m: int) -> list[dict]:
+    """The nodes' y_i from a checkpoint's state: stacked per array (:meth:`GossipMode.state`), or one dict per
+    node (``state["nodes"][str(i)]``, checkpoints written before the states were stacked)."""
+    if state.get("stacked"):
+        stacked = tree_numpy(state["stacked"])
+        return [{k: np.array(v[i]) for k, v in stacked.items()} for i in range(m)]
+    return [tree_numpy(state["nodes"][str(i)]) for i in range(m)]
 
 
 class GossipMode:
@@ -49,8 +58,8 @@ class GossipMode:
     def start(self, run: Any, arrays: dict, state: dict) -> None:
         cfg = run.cfg
         self.run, self.method, self.p, self.m = run, cfg.strategy.name, cfg.strategy.params, cfg.num_clients
-        if state.get("nodes"):
-            self.ys = [tree_numpy(state["nodes"][str(i)]) for i in range(self.m)]
+        if state.get("stacked") or state.get("nodes"):
+            self.ys = restored_states(state, self.m)
             self.ws = [float(w) for w in state["weights"].tolist()]
         else:
             self.ys, self.ws = gossip.initial_state(self.method, self.m, arrays)
@@ -109,7 +118,12 @@ class GossipMode:
         return RoundOut(x_bar, metrics, m, row=row, bytes_by_node=round_bytes)
 
     def state(self) -> dict:
-        return {"nodes": {str(i): tree_torch(y) for i, y in enumerate(self.ys)},
+        """Every node's y_i, stacked per array (``stacked[k][i]`` is node i's ``k``), and the weights w_i.
+
+        Stacked, a checkpoint of 256 LeNet-5 nodes pickles 10 tensors instead of 2,560: pickling them one by one
+        took about a fifth of the server's time in each round (py-spy).
+        """
+        return {"stacked": {k: torch.from_numpy(np.stack([y[k] for y in self.ys])) for k in self.ys[0]},
                 "weights": torch.tensor(self.ws, dtype=torch.float64)}
 
     def finish(self) -> dict:

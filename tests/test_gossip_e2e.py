@@ -46,9 +46,10 @@ def test_uniform_dpsgd_equals_localsgd(runs):
     assert sd["status"] == sl["status"] == "finished"
     for k in xl:
         np.testing.assert_allclose(xd[k], xl[k], rtol=0, atol=1e-5, err_msg=k)
-    for node in extra["nodes"].values():  # after the last mixing step every node holds the average
-        for k in xl:
-            np.testing.assert_allclose(node[k].numpy(), xl[k], rtol=0, atol=1e-5)
+    assert {k: v.shape[0] for k, v in extra["stacked"].items()} == {k: 3 for k in xl}  # node i's y_i: row i
+    for k in xl:  # after the last mixing step every node holds the average
+        for node in extra["stacked"][k]:
+            np.testing.assert_allclose(node.numpy(), xl[k], rtol=0, atol=1e-5)
 
 
 def test_node_to_node_messages_are_counted(runs):
