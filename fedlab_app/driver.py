@@ -29,7 +29,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 import strategies
 from clients.schedule import lr_at, scaled_lr
-from fedlab_app import plots
+from fedlab_app import plots, wire
 from fedlab_app.comm import CountingGrid
 from fedlab_app.config import Config
 from fedlab_app.local import Node
@@ -210,8 +210,9 @@ def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
     rec = Recorder(cfg, run_dir, total, getattr(mode, "unit", "round"), columns=mode.columns)
     arrays, extra = rec.start()
     arrays = arrays if arrays is not None else initial_arrays(cfg)
+    flat = wire.flat_for(grid)  # deployed: arrays cross Flower flat; simulated: as they are (fedlab_app/wire.py)
     grid = (PromptGrid(grid) if REPLY_POLL_S > 0 else grid) if mode.uses_nodes else None
-    cgrid = CountingGrid(grid, rec.state.ledger) if mode.uses_nodes else None
+    cgrid = CountingGrid(grid, rec.state.ledger, flat=flat) if mode.uses_nodes else None
     ctx = RunContext(cfg, rec, cgrid, mode, total)
     ctx.planner.load_state(extra.get("planner", {}))
     if mode.uses_nodes:

@@ -114,3 +114,18 @@ def test_a_client_handler_answers_in_kind():
     assert seen == [["arrays"], ["arrays"]]  # the handler never sees the wire format
     assert wire.is_encoded(flat_out) and not wire.is_encoded(plain_out)
     assert same_arrays(wire.decode(flat_out.content)["arrays"], model)
+
+
+def test_flat_where_messages_cross_a_superlink_unless_the_environment_says(monkeypatch):
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    class HttpGrid:  # stands for a deployed run's grid: any grid but Flower's in-memory one
+        pass
+
+    simulated = InMemoryGrid.__new__(InMemoryGrid)
+    monkeypatch.delenv("FEDLAB_FLAT_WIRE", raising=False)
+    assert wire.flat_for(HttpGrid()) and not wire.flat_for(simulated)
+    monkeypatch.setenv("FEDLAB_FLAT_WIRE", "1")
+    assert wire.flat_for(simulated) and wire.flat_for(HttpGrid())
+    monkeypatch.setenv("FEDLAB_FLAT_WIRE", "0")
+    assert not wire.flat_for(simulated) and not wire.flat_for(HttpGrid())

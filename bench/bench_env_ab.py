@@ -1,0 +1,76 @@
+"""One of fedlab's switches on and off: interleaved pairs of `fedlab run` with an environment variable 1 and 0.
+
+- ``FEDLAB_RAY_LEAN``: a quiet simulated run starts its private Ray without the autoscaler monitor, the log
+  monitor and the API server (``fedlab_app/ray_start.py``, ``init``); 0 gives Ray's full set.
+- ``FEDLAB_FLAT_WIRE``: every ArrayRecord of several arrays crosses Flower as one array (``fedlab_app/wire.py``);
+  0 sends the arrays one by one.
+
+Each pair launches `fedlab run rounds=R [overrides]` (a fresh process, as a user would) once each way,
+alternating which goes first, and records the launch to the end of round 1 (its metrics row on disk), the
+steady rounds and the process tree's peak PSS (``bench_round.fedlab_run``, sampled every 0.25 s).
+
+    python bench/bench_env_ab.py --var FEDLAB_RAY_LEAN --pairs 4 --rounds 3    # -> results/bench/ray_lean.json
+    python bench/bench_env_ab.py --var FEDLAB_FLAT_WIRE --pairs 3 --rounds 4   # -> results/bench/flat_wire_sim.json
+    python bench/bench_env_ab.py --var FEDLAB_FLAT_WIRE --out results/bench/flat_wire_sim_dpsgd.json \
+        strategy=dpsgd strategy.matrix=exponential num_clients=256 client.local_steps=5 strategy.node_eval_samples=0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_round import fedlab_run  # noqa: E402
+
+
+OUT = {"FEDLAB_RAY_LEAN": "ray_lean.json", "FEDLAB_FLAT_WIRE": "flat_wire_sim.json"}
+
+
+def one(var: str, on: bool, rounds: int, overrides: list[str]) -> dict:
+    os.environ[var] = "1" if on else "0"
+    try:
+        return fedlab_run(rounds, *overrides)
+    finally:
+        os.environ.pop(var, None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--var", choices=sorted(OUT), default="FEDLAB_RAY_LEAN")
+    ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", help="default: results/bench/ray_lean.json or flat_wire_sim.json")
+    ap.add_argument("overrides", nargs="*", help="fedlab run overrides (default: the default experiment)")
+    args = ap.parse_args()
+    out = args.out or str(ROOT / "results" / "bench" / OUT[args.var])
+    names = ("lean", "full") if args.var == "FEDLAB_RAY_LEAN" else ("on", "off")
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for i in range(args.pairs):
+        for on in ((True, False) if i % 2 == 0 else (False, True)):
+            runs[names[0] if on else names[1]].append(one(args.var, on, args.rounds, args.overrides))
+    medians = {k: {"launch_to_round1_s": statistics.median(r["launch_to_round1_s"] for r in v),
+                   "steady_round_s": statistics.median(t for r in v for t in r["steady_rounds_s"]),
+                   "peak_pss_mb": statistics.median(r["peak_pss_mb"] for r in v)} for k, v in runs.items()}
+    what = {"FEDLAB_RAY_LEAN": "with a lean private Ray (no autoscaler monitor, log monitor or API server) and "
+                               "with Ray's full set (FEDLAB_RAY_LEAN=0)",
+            "FEDLAB_FLAT_WIRE": "with arrays crossing Flower flat (FEDLAB_FLAT_WIRE=1) and one by one (=0)"}[args.var]
+    res = {"what": f"`fedlab run rounds=R {' '.join(args.overrides)}` {what}, interleaved pairs",
+           "command": f"python bench/bench_env_ab.py --var {args.var} --pairs {args.pairs} --rounds {args.rounds} "
+                      + " ".join(args.overrides),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+           "medians": medians, "runs": runs}
+    Path(out).write_text(json.dumps(res, indent=2) + "\n")
+    for k, v in medians.items():
+        print(k, {m: round(x, 2) for m, x in v.items()})
+
+
+if __name__ == "__main__":
+    main()
