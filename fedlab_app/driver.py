@@ -227,6 +227,19 @@ def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
         cgrid.node_names.update({n: (b if ctx.packing == 1 else f"node{b}") for b, n in nodes.items()})
     mode.start(ctx, arrays, extra.get("mode", {}))
     workers: dict[str, int] = dict(extra.get("workers", {}))  # machine / Ray node -> replies it trained
+    try:
+        _rounds(ctx, rec, mode, cgrid, total, workers)
+    except BaseException:  # a failed or stopped run: the checkpoint still being written lands (or is dropped) first
+        run_dir.wait_for_checkpoint(raise_error=False)
+        raise
+    rec.extra_summary = {**mode.finish(), **({"workers": workers} if workers else {})}
+    return rec.finish()
+
+
+def _rounds(ctx: RunContext, rec: Recorder, mode: Any, cgrid: CountingGrid | None, total: int,
+            workers: dict[str, int]) -> None:
+    """The round loop of :func:`run`, from the round after the last one saved to ``total``."""
+    cfg = ctx.cfg
     for rnd in range(rec.state.server_round + 1, total + 1):
         lr = ctx.lr(rnd)
         plan = RoundPlan(rnd, lr, cfg.client.local_epochs, ctx.planner.steps(rnd, lr))
@@ -252,5 +265,3 @@ def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
         if rec.end_of_round(rnd, out.arrays, lr, out.clients, train_loss, mean_over_examples(out.metrics, "train-acc"),
                             extra={"planner": ctx.planner.state(), "mode": mode.state(), "workers": workers}, row=row):
             break
-    rec.extra_summary = {**mode.finish(), **({"workers": workers} if workers else {})}
-    return rec.finish()

@@ -168,8 +168,9 @@ class Recorder:
                      self.last_eval.get("test_loss", math.nan), train_loss, lr, led.total_messages,
                      led.total_bytes / 1e6, st.wall_time_s)
         stop = cfg.stop_after > 0 and rnd >= cfg.stop_after and rnd < self.total
-        if rnd % cfg.checkpoint_every == 0 or rnd == self.total or diverged or stop:
-            self.run_dir.save_checkpoint(rnd, arrays, st.to_json(), extra)
+        last = rnd == self.total or diverged or stop
+        if rnd % cfg.checkpoint_every == 0 or last:  # written while the next round trains, unless it is the last
+            self.run_dir.save_checkpoint(rnd, arrays, st.to_json(), extra, background=not last)
         if diverged:
             log.warning("%s %d: the loss is not finite or exploded; stopping the run as diverged", self.unit, rnd)
             self.status = "diverged"
@@ -180,6 +181,7 @@ class Recorder:
 
     def finish(self) -> dict:
         """Write summary.json (with the final model's per-class report) and the plots; return the summary."""
+        self.run_dir.wait_for_checkpoint()
         summary = {"out_dir": str(self.run_dir.path), **make_summary(self.cfg, self.state, self.last_eval, self.status)}
         summary["rounds_planned"] = self.total
         summary.update(self.extra_summary)

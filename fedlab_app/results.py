@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class RunDir:
         self.ckpt_dir = self.path / "checkpoints"
         self.plots_dir = self.path / "plots"
         self._pending_row: tuple[int, int] | None = None  # (round, file size before) of the last metrics row
+        self._writing: tuple[threading.Thread, dict] | None = None  # a checkpoint written in the background
 
     @property
     def metrics_path(self) -> Path:
@@ -188,19 +190,66 @@ class RunDir:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, server_round: int, arrays: dict[str, np.ndarray], state: dict,
-                        extra: dict | None = None) -> Path:
+                        extra: dict | None = None, *, background: bool = False) -> Path:
         """Save the global model, JSON-able ``state`` and tensor-valued ``extra`` (e.g. an optimizer's
         state_dict) as ``checkpoints/round_NNNN.pt``, and its sha256 in ``checkpoints.sha256``.
 
         When the write fails (disk full), the temporary file is removed, the metrics row of this round
         (if it was the last one appended) is taken back, and an OSError naming the file is raised.
+
+        ``background``: the checkpoint's bytes are made here, and a thread writes them, fsyncs them and records
+        their digest while the caller goes on (the next round trains meanwhile: a checkpoint of 256 gossip
+        nodes is 63 MB). The next save, or :meth:`wait_for_checkpoint`, waits for it first; if it failed,
+        that raises its OSError, with this round's metrics row and any appended after it taken back. A crash
+        before it is written leaves the previous checkpoint as the last one and a metrics row after it, which
+        a resume drops, as for a crash between a row and its checkpoint.
         """
+        self.wait_for_checkpoint()
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / f"round_{server_round:04d}.pt"
         buf = io.BytesIO()
         torch.save({"round": server_round, "arrays": {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()},
                     "state": json.dumps(state, default=json_default), "extra": extra or {}}, buf)
-        data, placed = buf.getvalue(), False
+        data = buf.getbuffer()  # the bytes without a copy
+        pending = self._pending_row if self._pending_row is not None and self._pending_row[0] == server_round else None
+        if not background:
+            try:
+                self._place(path, data)
+            except OSError:
+                self._take_back(pending)
+                raise
+            return path
+        job: dict = {"error": None, "pending": pending, "data": data}
+        del data, buf  # the thread holds the only reference: the bytes are freed as soon as they are written
+
+        def write() -> None:
+            try:
+                self._place(path, job.pop("data"))
+            except BaseException as exc:  # noqa: BLE001 (raised by wait_for_checkpoint, in the caller's thread)
+                job["error"] = exc
+
+        thread = threading.Thread(target=write, name=f"fedlab-checkpoint-{server_round}")
+        thread.start()
+        self._writing = (thread, job)
+        return path
+
+    def wait_for_checkpoint(self, raise_error: bool = True) -> None:
+        """Wait for the checkpoint being written in the background, if any; if its write failed, take its metrics
+        row (and those after it) back and, with ``raise_error``, raise its error."""
+        if self._writing is None:
+            return
+        thread, job = self._writing
+        thread.join()
+        self._writing = None
+        if job["error"] is not None:
+            self._take_back(job["pending"])
+            if raise_error:
+                raise job["error"]
+
+    def _place(self, path: Path, data) -> None:
+        """Write ``data`` as the checkpoint ``path`` and record its digest (a checkpoint is never left with a
+        digest that may not match, nor without one)."""
+        placed = False
         try:
             digests = self._read_digests()
             if digests.pop(path.name, None) is not None:  # never leave a digest that may not match
@@ -209,14 +258,16 @@ class RunDir:
             placed = True
             digests[path.name] = sha256_hex(data)
             self._write_digests(digests)
-        except OSError:
+        except BaseException:
             if placed:  # a checkpoint without its digest: drop it with its metrics row
                 path.unlink(missing_ok=True)
-            if self._pending_row is not None and self._pending_row[0] == server_round:
-                os.truncate(self.metrics_path, self._pending_row[1])  # no row for a round without checkpoint
-                self._pending_row = None
             raise
-        return path
+
+    def _take_back(self, pending: tuple[int, int] | None) -> None:
+        """No metrics row for a round without its checkpoint: cut metrics.csv back to before ``pending``'s row."""
+        if pending is not None:
+            os.truncate(self.metrics_path, pending[1])
+            self._pending_row = None
 
     def _read_digests(self) -> dict[str, str]:
         if not self.digests_path.exists():

@@ -228,6 +228,37 @@ def test_disk_full_names_the_path_leaves_no_temporary_file_and_no_orphan_row(tmp
     assert rd.last_checkpoint().name == "round_0001.pt"
 
 
+def test_a_checkpoint_written_in_the_background_lands_before_the_next_save(tmp_path):
+    rd = RunDir(tmp_path)
+    rd.append_metrics({"round": 1, "test_acc": 0.1})
+    rd.save_checkpoint(1, {"w": np.full(3, 1, np.float32)}, {"round": 1}, background=True)
+    rd.append_metrics({"round": 2, "test_acc": 0.2})
+    rd.save_checkpoint(2, {"w": np.full(3, 2, np.float32)}, {"round": 2}, background=True)  # waits for round 1's
+    rd.wait_for_checkpoint()
+    assert [p.name for p in sorted(rd.ckpt_dir.glob("*.pt"))] == ["round_0001.pt", "round_0002.pt"]
+    rnd, arrays, state, _ = RunDir.load_checkpoint(rd.last_checkpoint())  # digest checked
+    assert rnd == 2 and arrays["w"].tolist() == [2, 2, 2] and state == {"round": 2}
+    assert [r["round"] for r in rd.read_metrics()] == [1, 2]
+
+
+def test_a_failed_background_write_is_raised_at_the_next_save_and_takes_its_rows_back(tmp_path, monkeypatch):
+    rd = RunDir(tmp_path)
+    save_rounds(rd, [1])
+    rd.append_metrics({"round": 2, "test_acc": 0.2})
+    monkeypatch.setattr(os, "fsync", no_space)  # round 2's checkpoint cannot be written
+    rd.save_checkpoint(2, {"w": np.zeros(3, np.float32)}, {}, background=True)  # returns at once
+    rd._writing[0].join()
+    monkeypatch.undo()
+    rd.append_metrics({"round": 3, "test_acc": 0.3})  # the next round went on meanwhile
+    with pytest.raises(OSError, match=r"cannot write .*round_0002\.pt: No space left") as err:
+        rd.save_checkpoint(3, {"w": np.zeros(3, np.float32)}, {})
+    assert err.value.errno == errno.ENOSPC
+    assert [r["round"] for r in rd.read_metrics()] == [1]  # rounds 2 and 3: no checkpoint, no row
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "checkpoints.sha256", "checkpoints/round_0001.pt", "metrics.csv"]  # no temporary file
+    rd.wait_for_checkpoint()  # nothing left to wait for
+
+
 def test_truncated_gz_idx_file_is_refused_naming_it(tmp_path):
     from test_data import make_idx_dir
 
