@@ -136,7 +136,7 @@ def start_early(argv: list[str]) -> bool:
     set_worker_env()
     _early.update(args=args, error=None)
 
-    def init() -> None:
+    def start_ray() -> None:
         try:
             init(args)
         except Exception as exc:  # start() then starts Ray itself, and raises what it raises there
@@ -151,7 +151,7 @@ def start_early(argv: list[str]) -> bool:
     _early["ready"] = ready
     # what ray.init does in the main thread, and cannot do in this one: SIGTERM exits through atexit
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-    threading.Thread(target=init, name="fedlab-ray-start", daemon=True).start()
+    threading.Thread(target=start_ray, name="fedlab-ray-start", daemon=True).start()
     atexit.register(_at_exit)
     return True
 
