@@ -22,11 +22,6 @@ def _pyplot():
     return plt
 
 
-def MaxNLocator(**kw):  # noqa: N802 (matplotlib's class, imported when a figure is drawn)
-    from matplotlib.ticker import MaxNLocator as locator
-
-    return locator(**kw)
-
 
 def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     pts = [(r["round"], r[key]) for r in rows if key in r and not math.isnan(r[key])]
@@ -38,7 +33,7 @@ def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     for ax in fig.axes:
         if ax.get_xlabel() == "round":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -188,8 +183,8 @@ def plot_mixing_matrix(W: np.ndarray, path, title: str = "") -> Path:
                 if W[i, j] != 0:
                     ax.text(j, i, f"{W[i, j]:.2g}", ha="center", va="center", fontsize=7,
                             color="black" if W[i, j] > 0.6 * W.max() else "white")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set(xlabel="sender j", ylabel="receiver i",
            title=head if gap is None else f"{head}\nspectral gap {gap:.4g}")
     return _save(fig, Path(path))
