@@ -20,6 +20,7 @@ def run(out_dir, *overrides: str) -> tuple[dict, dict[str, np.ndarray]]:
     return summary, RunDir.load_checkpoint(RunDir(out_dir).last_checkpoint())[1]
 
 
+@pytest.mark.slow  # 11-18 s; tests/test_app_smoke.py::test_fedavg_one_client_equals_centralized keeps the check fast
 def test_fedavg_one_client_one_round_equals_centralized(tmp_path):
     """One round of E=2 local epochs on one client == 2 centralized epochs: same seed, data order, lr,
     momentum kept within the run, BatchNorm, dropout and augmentation re-seeded per epoch.
