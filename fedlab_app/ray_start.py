@@ -61,7 +61,8 @@ def lean(init_args: dict) -> bool:
 
 
 def init(init_args: dict) -> None:
-    """``ray.init(**init_args)``; a :func:`lean` instance starts without three of Ray's Python services.
+    """``ray.init(**init_args)``; a :func:`lean` instance starts without three of Ray's Python services, and
+    with stubs in place of two more (:func:`stub_agents`).
 
     ``ray.init`` starts, whatever its arguments, the autoscaler monitor, the log monitor and the API server
     (the dashboard head, with ``include_dashboard=False`` in its minimal form). A private instance with a
@@ -80,9 +81,9 @@ def init(init_args: dict) -> None:
     if not lean(init_args):
         ray.init(**args)
         return
-    from ray._private import node, parameter
+    from ray._private import node, parameter, services
 
-    params, start_api = parameter.RayParams, node.Node.start_api_server
+    params, start_api, start_process = parameter.RayParams, node.Node.start_api_server, services.start_ray_process
 
     class LeanParams(params):
         def __init__(self, *a, **kw) -> None:
@@ -90,11 +91,53 @@ def init(init_args: dict) -> None:
             kw.setdefault("include_log_monitor", False)
             super().__init__(*a, **kw)
 
+    def start_ray_process(command, *a, **kw):
+        return start_process(stub_agents(command), *a, **kw)
+
     parameter.RayParams, node.Node.start_api_server = LeanParams, lambda self, **kw: None
+    services.start_ray_process = start_ray_process
     try:
         ray.init(**args)
     finally:
         parameter.RayParams, node.Node.start_api_server = params, start_api
+        services.start_ray_process = start_process
+
+
+# the raylet's options that hold its two agents' command lines, and the port files each agent writes
+# (Ray's METRICS_AGENT_PORT_NAME, METRICS_EXPORT_PORT_NAME, DASHBOARD_AGENT_LISTEN_PORT_NAME and
+# RUNTIME_ENV_AGENT_PORT_NAME; tests/test_ray_start.py checks them against ray._raylet's)
+AGENT_PORT_FILES = {
+    "--dashboard_agent_command=": ("metrics_agent_port", "metrics_export_port", "dashboard_agent_listen_port"),
+    "--runtime_env_agent_command=": ("runtime_env_agent_port",),
+}
+AGENT_STUB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ray_agent_stub.sh")
+
+
+def stub_agents(command: list[str]) -> list[str]:
+    """A raylet's ``command`` with its dashboard agent and runtime-env agent replaced by
+    ``ray_agent_stub.sh`` (any other process's command is returned as it is).
+
+    The raylet starts both agents itself, waits for the port files they write, and exits when either
+    exits. In a private instance they serve nothing fedlab uses: the dashboard agent (already in Ray's
+    ``--minimal`` form here: no metrics, no HTTP server; it writes -1 to its port files) answers the state
+    API and job submission, the runtime-env agent builds runtime environments, and fedlab's workers take
+    their environment from this process's (``start``: no runtime environment is ever asked for). Two Python
+    interpreters that held 126 MB of the default run's PSS and took a core during Ray's start. The stub, a
+    ``/bin/sh`` script, writes -1 ("not in use") to the same files and waits for the raylet to end.
+    """
+    import shlex
+    import subprocess
+
+    if not command or os.path.basename(command[0]) != "raylet":
+        return command
+    out = []
+    for arg in command:
+        for option, names in AGENT_PORT_FILES.items():
+            if arg.startswith(option):
+                keep = [a for a in shlex.split(arg[len(option):]) if a.startswith(("--node-id=", "--session-dir="))]
+                arg = option + subprocess.list2cmdline(["/bin/sh", AGENT_STUB, ",".join(names), *keep])
+        out.append(arg)
+    return out
 
 
 def set_worker_env() -> None:

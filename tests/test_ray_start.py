@@ -22,11 +22,14 @@ import pytest
 
 import strategies
 from fedlab_app.ray_start import (
+    AGENT_PORT_FILES,
+    AGENT_STUB,
     NO_RAY_STRATEGIES,
     common_init_args,
     lean,
     plain_simulated_run,
     private_init_args,
+    stub_agents,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +199,8 @@ ray.shutdown()
 print(json.dumps(cmds))
 """
 
-SKIPPED = ("autoscaler/_private/monitor.py", "_private/log_monitor.py", "dashboard/dashboard.py")
+SKIPPED = ("autoscaler/_private/monitor.py", "_private/log_monitor.py", "dashboard/dashboard.py",
+           "dashboard/agent.py", "runtime_env/agent/main.py")  # the last two stubbed: ray_agent_stub.sh
 
 
 @pytest.mark.slow
@@ -211,6 +215,74 @@ def test_a_lean_instance_lacks_the_three_services_and_runs_tasks(how):
         assert any("gcs_server" in c for c in cmds) and any("raylet" in c for c in cmds)
         present = {s for s in SKIPPED if any(s in c for c in cmds)}
         assert present == (set() if how == "quiet" else set(SKIPPED)), cmds
+        stubs = [c for c in cmds if c.startswith("/bin/sh ") and "ray_agent_stub.sh" in c]
+        assert len(stubs) == (2 if how == "quiet" else 0), cmds
+        # the stubs, like every process of the instance, are gone once it is shut down
         assert _no_ray_left(temp) == []
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_the_stubs_write_the_port_files_ray_names():
+    from ray._raylet import (
+        DASHBOARD_AGENT_LISTEN_PORT_NAME,
+        METRICS_AGENT_PORT_NAME,
+        METRICS_EXPORT_PORT_NAME,
+        RUNTIME_ENV_AGENT_PORT_NAME,
+    )
+
+    assert AGENT_PORT_FILES == {
+        "--dashboard_agent_command=": (METRICS_AGENT_PORT_NAME, METRICS_EXPORT_PORT_NAME,
+                                       DASHBOARD_AGENT_LISTEN_PORT_NAME),
+        "--runtime_env_agent_command=": (RUNTIME_ENV_AGENT_PORT_NAME,),
+    }
+
+
+def test_stub_agents_rewrites_only_a_raylets_agent_commands():
+    agent = subprocess.list2cmdline(["/usr/bin/python3", "/ray/dashboard/agent.py", "--node-id=ab12",
+                                     "--gcs-address=1.2.3.4:5", "--session-dir=/tmp/ray/s 1", "--minimal"])
+    raylet = ["/ray/raylet", "--node_id=ab12", f"--dashboard_agent_command={agent}",
+              "--runtime_env_agent_command=/usr/bin/python3 main.py --node-id=ab12 --session-dir=/tmp/ray/s"]
+    out = stub_agents(raylet)
+    assert out[:2] == raylet[:2]
+    assert out[2] == "--dashboard_agent_command=" + subprocess.list2cmdline(
+        ["/bin/sh", AGENT_STUB, "metrics_agent_port,metrics_export_port,dashboard_agent_listen_port",
+         "--node-id=ab12", "--session-dir=/tmp/ray/s 1"])
+    assert out[3] == ("--runtime_env_agent_command=/bin/sh " + AGENT_STUB
+                      + " runtime_env_agent_port --node-id=ab12 --session-dir=/tmp/ray/s")
+    gcs = ["/ray/gcs_server", f"--dashboard_agent_command={agent}"]
+    assert stub_agents(gcs) == gcs
+
+
+def test_the_stub_writes_minus_one_and_ends_with_its_parent(tmp_path):
+    """The stub's files hold -1 under Ray's names; it lives while its parent (the raylet) lives."""
+    parent = subprocess.Popen(["/bin/sh", "-c", f'/bin/sh "{AGENT_STUB}" a_port,b_port --x=1 --node-id=n1 '
+                               f'"--session-dir={tmp_path}" & wait'])
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "b_port_n1").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "a_port_n1").read_text() == "-1" and (tmp_path / "b_port_n1").read_text() == "-1"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a_port_n1", "b_port_n1"]  # no temporary left
+        assert parent.poll() is None  # the stub still runs, so its parent still waits
+    finally:
+        parent.kill()  # the stub's parent dies: the stub ends within its 1 s poll
+    stub_pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+                 and str(tmp_path).encode() in _cmdline(p)]
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in stub_pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stub_pids and not any(Path(f"/proc/{pid}").exists() for pid in stub_pids)
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_the_stub_refuses_arguments_without_a_node_or_session(tmp_path):
+    proc = subprocess.run(["/bin/sh", AGENT_STUB, "a_port", "--node-id=n1"], capture_output=True, text=True,
+                          timeout=10)
+    assert proc.returncode == 2 and "--session-dir=" in proc.stderr
