@@ -25,8 +25,9 @@ def tune_malloc() -> bool:
     the heap as free memory. Fixed thresholds (256 KB) end that: 1,184 against 1,212 MB peak PSS of the
     default run's process tree, medians of 3 interleaved pairs, every tuned run below every untuned one
     (``results/bench/malloc_server_ab.json``). The same settings in Ray's workers, through their environment,
-    made no difference: 1,204 against 1,207 MB (``malloc_workers_ab.json``). Skipped where ``MALLOC_*`` settings are in the environment (glibc read them at
-    the start) or malloc is not glibc's. Returns whether the settings were made.
+    made no difference: 1,204 against 1,207 MB (``malloc_workers_ab.json``).
+    Skipped where ``MALLOC_*`` settings are in the environment (glibc read them at the start) or malloc is
+    not glibc's. Returns whether the settings were made.
     """
     import ctypes
     import os
