@@ -41,11 +41,12 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_run(run_dir: RunDir) -> list[Path]:
-    """Draw ``plots/accuracy.png``, ``plots/loss.png`` and ``plots/communication.png`` from metrics.csv."""
+    """Draw ``plots/accuracy.png``, ``plots/loss.png`` and ``plots/communication.png`` from metrics.csv, and
+    ``plots/label_distribution.png`` from label_counts.csv where the run wrote one."""
     plt = _pyplot()
     rows = run_dir.read_metrics()
     if not rows:
-        return []
+        return plot_run_labels(run_dir)
     title = run_dir.path.name
     out = []
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -74,7 +75,22 @@ def plot_run(run_dir: RunDir) -> list[Path]:
     ax.set(xlabel="cumulative communication (MB, both directions)", ylabel="test accuracy", title=title)
     ax.grid(alpha=0.3)
     out.append(_save(fig, run_dir.plots_dir / "communication.png"))
-    return out
+    return out + plot_run_labels(run_dir)
+
+
+def plot_run_labels(run_dir: RunDir) -> list[Path]:
+    """``plots/label_distribution.png`` from the run's label_counts.csv; [] where it has none."""
+    counts = run_dir.read_label_counts()
+    if counts is None:
+        return []
+    try:
+        cfg = run_dir.read_config()
+        title = f"{cfg['dataset']['name']}, partition={cfg['partition']['name']}: labels per client"
+    except (OSError, KeyError, TypeError):
+        title = f"{run_dir.path.name}: labels per client"
+    path = run_dir.plots_dir / "label_distribution.png"
+    plot_label_distribution(counts, path, title)
+    return [path]
 
 
 def plot_gossip(rows: list[dict], path: Path, title: str = "") -> Path:

@@ -91,6 +91,21 @@ class RunDir:
     def read_config(self) -> dict:
         return yaml.safe_load((self.path / "config.yaml").read_text())
 
+    def write_label_counts(self, counts: np.ndarray) -> None:
+        """``label_counts.csv``: per client (row), the number of its training samples of each label (column)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        lines = [",".join(["client", *map(str, range(counts.shape[1]))])]
+        lines += [",".join(map(str, (i, *row))) for i, row in enumerate(counts.tolist())]
+        atomic_write(self.path / "label_counts.csv", "".join(line + "\n" for line in lines).encode())
+
+    def read_label_counts(self) -> np.ndarray | None:
+        """The ``(clients, labels)`` counts of ``label_counts.csv``, or None where the run wrote none."""
+        path = self.path / "label_counts.csv"
+        if not path.is_file():
+            return None
+        rows = path.read_text().splitlines()[1:]
+        return np.array([[int(v) for v in row.split(",")[1:]] for row in rows], dtype=np.int64).reshape(len(rows), -1)
+
     def write_summary(self, summary: dict) -> None:
         atomic_write(self.path / "summary.json", json.dumps(summary, indent=2, default=json_default).encode())
 

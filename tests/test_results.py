@@ -56,3 +56,19 @@ def test_message_bytes_counts_array_payload(monkeypatch):
                   dst_node_id=1, message_type="train")
     n = message_bytes(msg)
     assert n == ArrayRecord({"w": Array(arr)}).count_bytes() and 400 <= n < 400 + 200
+
+
+def test_label_counts_round_trip_and_plot_without_metrics(tmp_path):
+    """A run writes its label counts at the start; the plot is drawn from them at the end or by `fedlab plot`,
+    also for a run that stopped before its first metrics row."""
+    from fedlab_app.plots import plot_run
+
+    rd = RunDir(tmp_path / "run")
+    rd.create()
+    assert rd.read_label_counts() is None
+    counts = np.array([[3, 0, 1], [0, 5, 2]])
+    rd.write_label_counts(counts)
+    assert (rd.path / "label_counts.csv").read_text() == "client,0,1,2\n0,3,0,1\n1,0,5,2\n"
+    np.testing.assert_array_equal(rd.read_label_counts(), counts)
+    assert plot_run(rd) == [rd.plots_dir / "label_distribution.png"]
+    assert (rd.plots_dir / "label_distribution.png").stat().st_size > 1000
