@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from clients.train import Normalizer, classification_report, confusion_matrix, evaluate
-from fedlab_app import plots
+from fedlab_app import heap, plots
 from fedlab_app.comm import Ledger
 from fedlab_app.config import Config, flatten, to_nested
 from fedlab_app.models import build_model, use_channels_last
@@ -153,6 +153,7 @@ class Recorder:
         diverged = is_diverged(train_loss, num_classes)
         if self.eval_due(rnd) or diverged:
             self.last_eval = self.evaluator(arrays)
+            heap.trim()  # the evaluation's freed activations back to the system (fedlab_app/heap.py)
             diverged = diverged or is_diverged(self.last_eval.get("test_loss", 0.0), num_classes)
             led = st.ledger
             self.run_dir.append_metrics({
