@@ -32,7 +32,9 @@ WORKLOADS = {  # name -> fedlab run overrides (Fashion-MNIST, LeNet-5)
 }
 
 KINDS = (("fedlab run", "server (fedlab run)"), ("ClientAppActor", "Ray worker (virtual clients)"),
-         ("gcs_server", "Ray gcs"), ("raylet", "Ray raylet"), ("DashboardAgent", "Ray dashboard agent"),
+         ("gcs_server", "Ray gcs"), ("raylet", "Ray raylet"),
+         ("ray_agent_stub.sh", "Ray agent stubs (/bin/sh)"), ("sleep 1", "Ray agent stubs (/bin/sh)"),
+         ("DashboardAgent", "Ray dashboard agent"),
          ("RuntimeEnvAgent", "Ray runtime-env agent"), ("dashboard", "Ray dashboard head"),
          ("monitor.py", "Ray monitors (autoscaler, log)"))  # monitor.py and log_monitor.py
 

@@ -25,7 +25,9 @@ import atexit
 import copy
 import logging
 import os
+import shlex
 import signal
+import subprocess
 import sys
 import threading
 
@@ -125,9 +127,6 @@ def stub_agents(command: list[str]) -> list[str]:
     interpreters that held 126 MB of the default run's PSS and took a core during Ray's start. The stub, a
     ``/bin/sh`` script, writes -1 ("not in use") to the same files and waits for the raylet to end.
     """
-    import shlex
-    import subprocess
-
     if not command or os.path.basename(command[0]) != "raylet":
         return command
     out = []
