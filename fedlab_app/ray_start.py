@@ -32,8 +32,9 @@ import sys
 import threading
 
 # what every worker of a private instance imports as soon as it starts, before Flower asks for an actor
-# (Ray's ``preload_python_modules``; Flower's app loader then finds the ClientApp in ``sys.modules``)
-WORKER_PRELOAD = ("flwr.simulation.ray_transport.ray_actor", "fedlab_app.client_app")
+# (Ray's ``preload_python_modules``; Flower's app loader then finds the ClientApp in ``sys.modules``), first
+# Flower's simulation package without the server's engine (``fedlab_app/actor_package.py``)
+WORKER_PRELOAD = ("fedlab_app.actor_package", "flwr.simulation.ray_transport.ray_actor", "fedlab_app.client_app")
 
 _early: dict = {}  # "ready" (an Event), "args", "error" of the instance start_early started; emptied when taken
 
