@@ -265,14 +265,24 @@ def test_the_stub_writes_minus_one_and_ends_with_its_parent(tmp_path):
         assert (tmp_path / "a_port_n1").read_text() == "-1" and (tmp_path / "b_port_n1").read_text() == "-1"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a_port_n1", "b_port_n1"]  # no temporary left
         assert parent.poll() is None  # the stub still runs, so its parent still waits
+        stub_pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+                     and _cmdline(p).startswith(b"/bin/sh\0" + AGENT_STUB.encode())
+                     and str(tmp_path).encode() in _cmdline(p)]
     finally:
-        parent.kill()  # the stub's parent dies: the stub ends within its 1 s poll
-    stub_pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
-                 and str(tmp_path).encode() in _cmdline(p)]
+        parent.kill()  # the stub's parent dies (and is reaped): the stub ends within its 1 s poll
+        parent.wait(timeout=10)
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in stub_pids) and time.monotonic() < deadline:
+    while any(_running(pid) for pid in stub_pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert stub_pids and not any(Path(f"/proc/{pid}").exists() for pid in stub_pids)
+    assert len(stub_pids) == 1 and not _running(stub_pids[0])
+
+
+def _running(pid: str) -> bool:
+    """Whether process ``pid`` exists and has not exited (an exited one not yet reaped is a zombie, state Z)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _cmdline(proc: Path) -> bytes:
