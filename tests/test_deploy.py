@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,19 +27,33 @@ FEDLAB = str(ROOT / ".venv" / "bin" / "fedlab") if (ROOT / ".venv" / "bin" / "fe
 
 
 def free_port_block(n: int) -> int:
-    """A port p such that p .. p+n look free on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p + n < 65000 and all(_free(p + i) for i in range(n + 1)):
+    """A port p such that p .. p+n can be bound on 127.0.0.1, below Linux's ephemeral range.
+
+    Ports in the ephemeral range (``ip_local_port_range``, 32768-60999 by default) are what the federation's
+    own outgoing connections use: one of them took a SuperNode's port between this check and its bind (CI,
+    2026-12-02: "address already in use").
+    """
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = max(low, 10_000 + 2 * n) - n - 1
+    rng = random.Random()
+    for _ in range(200):
+        p = rng.randrange(10_000, top)
+        if all(_free(p + i) for i in range(n + 1)):
             return p
     raise RuntimeError("no free port block")
 
 
 def _free(port: int) -> bool:
+    """Whether ``port`` can be bound on 127.0.0.1 now (nothing listens on it or holds it)."""
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def deploy_run(d, out, *overrides, wait=True):
