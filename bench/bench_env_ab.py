@@ -4,6 +4,8 @@
   monitor and the API server (``fedlab_app/ray_start.py``, ``init``); 0 gives Ray's full set.
 - ``FEDLAB_FLAT_WIRE``: every ArrayRecord of several arrays crosses Flower as one array (``fedlab_app/wire.py``);
   0 sends the arrays one by one.
+- ``FEDLAB_SIM_SHORT_POLL``: the simulation engine's message poll and the grid's reply poll every 5 ms
+  (``fedlab_app/sim_waits.py``); 0 keeps Flower's 0.1 s.
 
 Each pair launches `fedlab run rounds=R [overrides]` (a fresh process, as a user would) once each way,
 alternating which goes first, and records the launch to the end of round 1 (its metrics row on disk), the
@@ -13,6 +15,9 @@ steady rounds and the process tree's peak PSS (``bench_round.fedlab_run``, sampl
     python bench/bench_env_ab.py --var FEDLAB_FLAT_WIRE --pairs 3 --rounds 4   # -> results/bench/flat_wire_sim.json
     python bench/bench_env_ab.py --var FEDLAB_FLAT_WIRE --out results/bench/flat_wire_sim_dpsgd.json \
         strategy=dpsgd strategy.matrix=exponential num_clients=256 client.local_steps=5 strategy.node_eval_samples=0
+    python bench/bench_env_ab.py --var FEDLAB_SIM_SHORT_POLL --pairs 3 --rounds 6 \
+        --out results/bench/sim_poll_c01.json \
+        num_clients=1000 strategy.fraction_train=0.1
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_round import fedlab_run  # noqa: E402
 
 
-OUT = {"FEDLAB_RAY_LEAN": "ray_lean.json", "FEDLAB_FLAT_WIRE": "flat_wire_sim.json"}
+OUT = {"FEDLAB_RAY_LEAN": "ray_lean.json", "FEDLAB_FLAT_WIRE": "flat_wire_sim.json",
+       "FEDLAB_SIM_SHORT_POLL": "sim_poll.json"}
 
 
 def one(var: str, on: bool, rounds: int, overrides: list[str]) -> dict:
@@ -61,10 +67,12 @@ def main() -> None:
                    "peak_pss_mb": statistics.median(r["peak_pss_mb"] for r in v)} for k, v in runs.items()}
     what = {"FEDLAB_RAY_LEAN": "with a lean private Ray (no autoscaler monitor, log monitor or API server) and "
                                "with Ray's full set (FEDLAB_RAY_LEAN=0)",
-            "FEDLAB_FLAT_WIRE": "with arrays crossing Flower flat (FEDLAB_FLAT_WIRE=1) and one by one (=0)"}[args.var]
+            "FEDLAB_FLAT_WIRE": "with arrays crossing Flower flat (FEDLAB_FLAT_WIRE=1) and one by one (=0)",
+            "FEDLAB_SIM_SHORT_POLL": "with the simulation engine's two polls every 5 ms (FEDLAB_SIM_SHORT_POLL=1) and "
+                                     "every 0.1 s, Flower's own (=0)"}[args.var]
     res = {"what": f"`fedlab run rounds=R {' '.join(args.overrides)}` {what}, interleaved pairs",
            "command": f"python bench/bench_env_ab.py --var {args.var} --pairs {args.pairs} --rounds {args.rounds} "
-                      + " ".join(args.overrides),
+                      + (f"--out {args.out} " if args.out else "") + " ".join(args.overrides),
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
            "medians": medians, "runs": runs}
     Path(out).write_text(json.dumps(res, indent=2) + "\n")

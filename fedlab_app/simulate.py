@@ -27,7 +27,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
 
 import strategies
-from fedlab_app import config, driver, ray_start, server_app
+from fedlab_app import config, driver, ray_start, server_app, sim_waits
 from fedlab_app.interrupt import INTERRUPTED_EXIT, _first_sigint_raises, _stop_threads
 from fedlab_app.recorder import LoopState, make_summary
 from fedlab_app.results import RunDir, RunDirBusy
@@ -156,6 +156,7 @@ def _run_flower(cfg: config.Config, run_dir: RunDir) -> dict:
         _run_simulation,  # starts Ray: imported only when simulating
     )
 
+    sim_waits.shorten()  # Flower's 0.1 s polls between the ServerApp and the actors
     run_config = config.to_run_config(cfg)
     run = Run.create_empty(run_id=secrets.randbits(63))
     run.override_config = run_config

@@ -29,21 +29,76 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from strategies import gossip
+from strategies import gossip_stacked as stacked
 from strategies.fedavg import to_numpy, to_record
 from strategies.modes import RoundOut, RoundPlan
-from strategies.sync import send_packed, tree_numpy
+from strategies.sync import STACKED, tree_numpy
 
 
-def restored_states(state: dict, m: int) -> list[dict]:
-    """The nodes' y_i from a checkpoint's state: stacked per array (:meth:`GossipMode.state`), or one dict per
-    node (``state["nodes"][str(i)]``, checkpoints written before the states were stacked)."""
+def restored_states(state: dict, m: int) -> dict[str, np.ndarray]:
+    """The nodes' y_i from a checkpoint's state, stacked (``Y[k][i]`` is node i's ``k``): stacked per array
+    (:meth:`GossipMode.state`), or one dict per node (``state["nodes"][str(i)]``, checkpoints written before
+    the states were stacked)."""
     if state.get("stacked"):
-        stacked = tree_numpy(state["stacked"])
-        return [{k: np.array(v[i]) for k, v in stacked.items()} for i in range(m)]
-    return [tree_numpy(state["nodes"][str(i)]) for i in range(m)]
+        return {k: np.array(v) for k, v in tree_numpy(state["stacked"]).items()}
+    return stacked.stack([tree_numpy(state["nodes"][str(i)]) for i in range(m)])
+
+
+def model_at(ys: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    """Node i's model (views of the stacked arrays; 0-d arrays stay arrays)."""
+    return {k: v[i, ...] for k, v in ys.items()}
+
+
+def send_stacked(run: Any, zs: dict[str, np.ndarray], conf: ConfigRecord, grid: Any, rnd: int,
+                 restore: bool) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Send every node its model and return the trained models (stacked) and the metrics, in node order.
+
+    With ``sim.clients_per_worker`` > 1 each transport message carries its node's clients' models as one
+    stacked array per name (``STACKED``, rows in ``pids`` order) and the node replies so
+    (``strategies/sync.py``, :func:`client_fit_block`): 20 arrays a message instead of 20 per client. Counted
+    as the unpacked exchange: with ``restore``, one "down" message of one model's size per client.
+    """
+    m = run.cfg.num_clients
+    size = to_record(model_at(zs, 0)).count_bytes()  # every node's model has the same names, shapes and dtypes
+    out = {k: np.empty_like(v) for k, v in zs.items()}
+    metrics: list[dict | None] = [None] * m
+    if run.packing == 1:
+        msgs = [run.message(i, {"arrays": to_record(model_at(zs, i)), "config": conf}) for i in range(m)]
+        replies = grid.send_and_receive(msgs, count="down" if restore else None)
+        del msgs
+        for r in run.keep_ok(rnd, replies, grid):
+            i = int(r.content["metrics"]["partition-id"])
+            metrics[i] = dict(r.content["metrics"])
+            for k, v in to_numpy(r.content["arrays"]).items():
+                out[k][i] = v
+        return out, metrics
+    by_node: dict[int, list[int]] = {}
+    for pid in range(m):
+        by_node.setdefault(run.node_of[pid], []).append(pid)
+    msgs = [Message(RecordDict({STACKED: ArrayRecord({k: Array(v[pids]) for k, v in zs.items()}),
+                                "config": ConfigRecord({**dict(conf), "pids": pids})}),
+                    dst_node_id=node, message_type="train") for node, pids in by_node.items()]
+    replies = grid.send_and_receive(msgs, count=None)
+    del msgs
+    names = [_clients(by_node.get(grid.replier(r), [])) for r in replies]
+    for r in run.keep_ok(rnd, replies, grid, names):
+        pids = by_node[grid.replier(r)]
+        for k, v in to_numpy(r.content[STACKED]).items():
+            out[k][pids] = v
+        for pid in pids:
+            metrics[pid] = dict(r.content[f"metrics/{pid}"])
+    for pid in range(m):
+        if restore:
+            grid.count_virtual("down", pid, None, size)
+    return out, metrics
+
+
+def _clients(pids: list[int]) -> str:
+    """A node named by its clients: "3" or "0-63"."""
+    return "?" if not pids else str(pids[0]) if len(pids) == 1 else f"{pids[0]}-{pids[-1]}"
 
 
 class GossipMode:
@@ -62,8 +117,9 @@ class GossipMode:
             self.ys = restored_states(state, self.m)
             self.ws = [float(w) for w in state["weights"].tolist()]
         else:
-            self.ys, self.ws = gossip.initial_state(self.method, self.m, arrays)
-        self.zs: list[dict] | None = None
+            ys, self.ws = gossip.initial_state(self.method, self.m, arrays)
+            self.ys = stacked.stack(ys)
+        self.zs: dict[str, np.ndarray] | None = None
         self.restore = True  # the first message restores every node's state
         run.plots.plot_mixing_matrix(gossip.matrix_at(self.p, self.m, 1, cfg.seed),
                                      run.run_dir.plots_dir / "mixing_matrix.png",
@@ -72,44 +128,32 @@ class GossipMode:
     def round(self, plan: RoundPlan, grid: Any) -> RoundOut:
         rnd, cfg, m, run = plan.rnd, self.run.cfg, self.m, self.run
         conf = ConfigRecord(plan.train_config(self.name, **{"momentum-mode": self.p.momentum_mode}))
-        z_in = self.zs if self.zs is not None else [gossip.debias(y, w) for y, w in zip(self.ys, self.ws)]
-        msgs = [run.message(i, {"arrays": to_record(z_in[i]), "config": conf}) for i in range(m)]
+        z_in = self.zs if self.zs is not None else stacked.debias(self.ys, self.ws)
         self.zs = None
-        z_sgp = z_in if self.method == "sgp" else None  # only SGP's local update reads z (y + z_new - z)
-        del z_in  # the messages hold the models meanwhile
-        count = "down" if self.restore else None  # later messages carry the relayed models, counted below
-        if run.packing > 1:
-            replies, names, _ = send_packed(msgs, list(range(m)), grid, count=count, own_arrays=True)
-        else:
-            replies, names = grid.send_and_receive(msgs, count=count), None
-        del msgs
+        z_new, metrics = send_stacked(run, z_in, conf, grid, rnd, self.restore)
         self.restore = False
-        by_pid = {int(r.content["metrics"]["partition-id"]): r.content for r in run.keep_ok(rnd, replies, grid, names)}
-        del replies
-        metrics, post_y = [], []
-        for i in range(m):  # each reply's model read once and dropped: the server holds the states, not the replies
-            reply = by_pid.pop(i)
-            metrics.append(dict(reply["metrics"]))
-            z_i = z_sgp[i] if z_sgp is not None else None
-            post_y.append(gossip.local_update(self.method, self.ys[i], self.ws[i], z_i, to_numpy(reply["arrays"])))
+        # only SGP's local update reads z (y + z_new - z)
+        post_y = stacked.local_update(self.method, self.ys, self.ws, z_in if self.method == "sgp" else None, z_new)
+        del z_in, z_new
         post_w = list(self.ws)
-        del z_sgp
         # this round's mixing step: matrix, link noise, the node-to-node messages, the mirrored states
         A = gossip.matrix_at(self.p, m, rnd, cfg.seed)
         sigma = self.p.noise_std * self.p.noise_decay ** (rnd - 1)
-        size = to_record(post_y[0]).count_bytes()  # every node's y has the same keys, shapes and dtypes
+        size = to_record(model_at(post_y, 0)).count_bytes()  # every node's y has the same keys, shapes and dtypes
         round_bytes: dict[int, int] = {i: 0 for i in range(m)}
         for i in range(m):
             for j in gossip.senders(A, i):
                 grid.transfer(j, i, size)
                 round_bytes[i] += size
                 round_bytes[j] += size
-        before = gossip.consensus(post_y, post_w)
-        self.ys, self.ws = gossip.mix_all(A, post_y, post_w,
-                                          lambda j, i: gossip.link_noise(post_y[j], sigma, cfg.seed, rnd, j, i))
+        before = gossip.consensus(stacked.rows(post_y), post_w)
+        noisy = None if sigma == 0.0 else (
+            lambda j, i: gossip.link_noise(model_at(post_y, j), sigma, cfg.seed, rnd, j, i))
+        self.ys, self.ws = stacked.mix(A, post_y, post_w, noisy)
         post_y = None  # the round's evaluation and the next round's models need only the mixed states
-        x_bar = gossip.consensus(self.ys, self.ws)
-        zs = self.zs = [gossip.debias(y, w) for y, w in zip(self.ys, self.ws)]  # next round's models
+        x_bar = gossip.consensus(stacked.rows(self.ys), self.ws)
+        self.zs = stacked.debias(self.ys, self.ws)  # next round's models
+        zs = stacked.rows(self.zs)
         row = {"consensus_dist": gossip.consensus_distance(zs), "avg_drift": gossip.distance(x_bar, before)}
         if run.eval_due(rnd) and self.p.node_eval_samples > 0:
             accs = run.evaluate_subset(zs, self.p.node_eval_samples)
@@ -121,9 +165,10 @@ class GossipMode:
         """Every node's y_i, stacked per array (``stacked[k][i]`` is node i's ``k``), and the weights w_i.
 
         Stacked, a checkpoint of 256 LeNet-5 nodes pickles 10 tensors instead of 2,560: pickling them one by one
-        took about a fifth of the server's time in each round (py-spy).
+        took about a fifth of the server's time in each round (py-spy). The arrays are the mode's own (a round
+        makes new ones), so the checkpoint shares them without a copy.
         """
-        return {"stacked": {k: torch.from_numpy(np.stack([y[k] for y in self.ys])) for k in self.ys[0]},
+        return {"stacked": {k: torch.from_numpy(v) for k, v in self.ys.items()},
                 "weights": torch.tensor(self.ws, dtype=torch.float64)}
 
     def finish(self) -> dict:

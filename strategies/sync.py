@@ -23,11 +23,12 @@ from clients.fused import ClientJob, FusedResult, fused_plan, iter_fused
 from clients.optim import load_optimizer_state, optimizer_state
 from clients.train import round_first_epoch
 from strategies.blocks import Block, BlockSum, reply_weight
-from strategies.fedavg import to_numpy, to_record
+from strategies.fedavg import array_numpy, to_numpy, to_record
 from strategies.modes import RoundOut, RoundPlan
 
 OPT_KEY = "optimizer"  # the optimizer state's ArrayRecord: in context.state (keep), from the server (average)
 OPT_PREFIX = "optimizer/"  # ... and back to the server inside the reply's ArrayRecord (average)
+STACKED = "arrays/stacked"  # every client of a node its own model, as one (K, ...) array per name (gossip)
 
 
 def tree_torch(tree: dict) -> dict:
@@ -196,15 +197,23 @@ def client_fit_block(msg: Any, nodes: list) -> Any:
     node's ``context.state`` under its partition id); the reply holds ``arrays/<pid>`` and
     ``metrics/<pid>`` for each, as :func:`client_fit` would have replied for it alone, or, when the
     message asks for block sums (``agg-weight``), the clients' metrics and the weighted sum of their
-    models (``strategies/blocks.py``).
+    models (``strategies/blocks.py``). A message whose clients' models come stacked (``STACKED``: row i is
+    client ``pids[i]``'s, gossip) gets the trained models back so, beside ``metrics/<pid>``.
     """
     conf = msg.content["config"]
     mode, lr = str(conf.get("momentum-mode", "reset")), float(conf["lr"])
     rnd, epochs = int(conf["server-round"]), int(conf["local-epochs"])
     shared = msg.content["arrays"].to_torch_state_dict() if "arrays" in msg.content else None
+    stacked = STACKED in msg.content  # row i of each array: client pids[i]'s model, and so in the reply
+    rows = {k: torch.from_numpy(array_numpy(a)) for k, a in msg.content[STACKED].items()} if stacked else {}
+    row_of = {node.pid: i for i, node in enumerate(nodes)}  # nodes come in pids order
 
     def start(pid: int) -> dict:  # the model client pid trains from: the round's, or its own (gossip)
-        return shared if shared is not None else msg.content[f"arrays/{pid}"].to_torch_state_dict()
+        if shared is not None:
+            return shared
+        if stacked:
+            return {k: v[row_of[pid]] for k, v in rows.items()}
+        return msg.content[f"arrays/{pid}"].to_torch_state_dict()
 
     state = nodes[0].state
 
@@ -238,12 +247,19 @@ def client_fit_block(msg: Any, nodes: list) -> Any:
     if "agg-weight" in conf:  # the strategy's weighted average, summed here (strategies/blocks.py)
         rule, momentum = str(conf["agg-weight"]), float(conf.get("agg-momentum", 0.0))
         nesterov, models, opts = bool(conf.get("agg-nesterov", False)), BlockSum(), BlockSum()
-    content, client_bytes = {}, 0
+    content, client_bytes, out = {}, 0, {}
     for i, r in results:  # each result packed or summed as it comes, its tensors dropped before the next group
         node = nodes[i]
         metrics = content[f"metrics/{node.pid}"] = node.metrics(r.result)
         if mode == "keep":
             state[f"{OPT_KEY}/{node.pid}"] = ArrayRecord({k: Array(v) for k, v in r.opt_state.items()})
+        if stacked:
+            for k, v in r.state.items():
+                v = v.detach().numpy()
+                if k not in out:
+                    out[k] = np.empty((len(nodes), *v.shape), v.dtype)
+                out[k][i] = v
+            continue
         if "agg-weight" not in conf:
             content[f"arrays/{node.pid}"] = ArrayRecord(_reply_arrays(r, mode))
             continue
@@ -253,6 +269,8 @@ def client_fit_block(msg: Any, nodes: list) -> Any:
         client_bytes = client_bytes or ArrayRecord(_reply_arrays(r, mode)).count_bytes()  # its own reply's size
     if "agg-weight" in conf:
         content.update(_block_content(models, opts if mode == "average" else None, client_bytes))
+    if stacked:
+        content[STACKED] = ArrayRecord({k: Array(v) for k, v in out.items()})
     return Message(RecordDict(content), reply_to=msg)
 
 

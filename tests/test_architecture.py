@@ -15,7 +15,8 @@ PACKAGES = ("fedlab_app", "clients", "strategies", "fedlab_base")
 LAZY_OK = ("hydra", "omegaconf", "matplotlib", "PIL", "datasets", "flwr_datasets", "cryptography", "scipy", "jinja2",
            "mlflow", "tensorboard", "torch.utils.tensorboard", "flwr.simulation", "ray",
            "fedlab_app.cli",  # fedlab_app/launch.py: imported once a simulated run's Ray is starting
-           "flwr.supernode", "flwr.supercore.inflatable")  # fedlab_app/flower_waits.py: a SuperNode's, 1.5 s
+           "flwr.supernode", "flwr.supercore.inflatable",  # fedlab_app/flower_waits.py: a SuperNode's, 1.5 s
+           "flwr.server.superlink.fleet.vce", "flwr.superlink.grid")  # fedlab_app/sim_waits.py: the engine's (Ray)
 # the command dispatcher imports each command's module when that command runs (`fedlab deploy` need not import
 # torch, nor `fedlab run` Flower's SuperNode and matplotlib)
 LAZY_OK_IN = {"fedlab_app/cli.py": ("fedlab_app",)}

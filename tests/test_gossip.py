@@ -197,15 +197,18 @@ def test_checkpointed_states_restore_stacked_and_per_node_alike():
     import torch
 
     from strategies.gossip_mode import GossipMode, restored_states
+    from strategies.gossip_stacked import stack
 
     rng = np.random.default_rng(5)
     ys = [{"w": rng.normal(size=(2, 3)).astype(np.float32), "n": np.array(i, np.int64)} for i in range(4)]
     mode = GossipMode()
-    mode.ys, mode.ws = ys, [0.5, 1.0, 1.5, 1.0]
-    stacked = mode.state()
-    assert {k: tuple(v.shape) for k, v in stacked["stacked"].items()} == {"w": (4, 2, 3), "n": (4,)}
+    mode.ys, mode.ws = stack(ys), [0.5, 1.0, 1.5, 1.0]
+    saved = mode.state()
+    assert {k: tuple(v.shape) for k, v in saved["stacked"].items()} == {"w": (4, 2, 3), "n": (4,)}
     per_node = {"nodes": {str(i): {k: torch.from_numpy(v.copy()) for k, v in y.items()} for i, y in enumerate(ys)}}
-    for got in (restored_states(stacked, 4), restored_states(per_node, 4)):
-        for g, y in zip(got, ys):
-            assert set(g) == set(y) and all(g[k].shape == y[k].shape and g[k].dtype == y[k].dtype
-                                            and g[k].tobytes() == y[k].tobytes() for k in y)
+    for got in (restored_states(saved, 4), restored_states(per_node, 4)):
+        assert set(got) == {"w", "n"}
+        for i, y in enumerate(ys):
+            assert all(got[k][i].shape == y[k].shape and got[k].dtype == y[k].dtype
+                       and got[k][i].tobytes() == y[k].tobytes() for k in y)
+        assert not np.shares_memory(got["w"], mode.ys["w"])  # a restored state is the mode's own

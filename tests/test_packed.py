@@ -63,8 +63,8 @@ def test_packed_equals_one_client_per_message(name, tmp_path):
     else:
         assert s1["comm"]["transport_messages"] == s1["comm"]["messages"]
     assert s2["comm"]["transport_messages"] == 2 * 2 * len(m1)  # 2 nodes x 2 directions x rounds
-    if name.startswith("dpsgd"):  # each node's own model either way
-        assert s2["comm"]["transport_bytes"] == s1["comm"]["transport_bytes"]
+    if name.startswith("dpsgd"):  # each node's own model either way, packed in one array per name (fewer headers)
+        assert 0 < s1["comm"]["transport_bytes"] - s2["comm"]["transport_bytes"] < 0.01 * s1["comm"]["transport_bytes"]
     else:  # the shared model once per node
         assert s2["comm"]["transport_bytes"] < s1["comm"]["transport_bytes"]
 
