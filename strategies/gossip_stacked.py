@@ -10,10 +10,12 @@ the same order as its per-node counterpart (tested bit for bit, ``tests/test_gos
     local_update  y_i = w_i z_i'  or  y_i + (z_i' - z_i)  (:func:`gossip.local_update`, row i)
     mix           y_i <- A_ii y_i + sum_{j in senders(i)} A_ij y~_ji, w <- A w  (:func:`gossip.mix_all`)
 
-The mixing takes every receiver at once, a block of model entries at a time (:func:`mix`): one model is
-sent to 15 receivers on a 256-node exponential graph, and mixed per receiver it was read from memory 15
-times (0.3-0.5 s a round on this machine, memory-bound); in blocks, all nodes' rows of the block and their
-float64 sums stay in the cache while the k-th senders of all receivers are gathered and added.
+The mixing takes every receiver at once, a block of model entries at a time (:func:`mix`), in torch: the
+block of all nodes' rows is converted to float64 once, then the k-th senders of all receivers are gathered,
+multiplied and added (k = 1, 2, ... in ``gossip.senders`` order), each a separate torch operation, so every
+sum is rounded as NumPy rounds it in :func:`gossip.mix`. On 256 LeNet-5 nodes (exponential graph, 15
+senders each) a step took 0.25 s (1 torch thread) and 0.23 s (2) against 0.45 s receiver by receiver
+(``python bench/bench_mix.py --reps 5`` -> ``results/bench/mix.json``, medians, bit for bit equal).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 
 from strategies import gossip
 
-BLOCK = 512  # model entries mixed at a time: 256 nodes' float32 rows and float64 sums, 0.5 + 2 MB
+BLOCK = 1024  # model entries mixed at a time: 256 nodes' rows, float64 terms and sums, 3 x 2 MB
 
 
 
@@ -95,7 +98,7 @@ def mix(A: np.ndarray, ys: dict[str, np.ndarray], ws: Sequence[float],
     coefs = [[float(A[i, j]) for j in s] for i, s in enumerate(src)]
     new_w = [gossip.mix_weight(float(A[i, i]), float(ws[i]), coefs[i], [float(ws[j]) for j in src[i]])
              for i in range(m)]
-    out = {k: np.empty_like(v) for k, v in ys.items()}
+    out = {k: np.empty(v.shape, v.dtype) for k, v in ys.items()}
     if sent is not None:
         own = rows(ys)
         for i in range(m):
@@ -104,28 +107,27 @@ def mix(A: np.ndarray, ys: dict[str, np.ndarray], ws: Sequence[float],
                 out[k][i] = v
         return out, new_w
     deg = max((len(s) for s in src), default=0)
-    who = np.array([s + [i] * (deg - len(s)) for i, s in enumerate(src)], dtype=np.int64).reshape(m, deg)
-    coef = np.array([c + [0.0] * (deg - len(c)) for c in coefs], dtype=np.float64).reshape(m, deg)
-    has = np.array([[k < len(s) for k in range(deg)] for s in src], dtype=bool).reshape(m, deg)
-    full = has.all(axis=0)  # slots every receiver has
-    diag = np.array([float(A[i, i]) for i in range(m)], dtype=np.float64)[:, None]
-    acc_buf, term_buf = np.empty(m * block), np.empty(m * block)
+    who = torch.tensor([s + [i] * (deg - len(s)) for i, s in enumerate(src)], dtype=torch.int64).reshape(m, deg)
+    coef = torch.tensor([c + [0.0] * (deg - len(c)) for c in coefs], dtype=torch.float64).reshape(m, deg)
+    has = [[k < len(s) for s in src] for k in range(deg)]
+    diag = torch.tensor([float(A[i, i]) for i in range(m)], dtype=torch.float64)[:, None]
+    x_buf, term_buf, acc_buf = (torch.empty(m * block, dtype=torch.float64) for _ in range(3))
     for k, v in ys.items():
-        flat, res = v.reshape(m, -1), out[k].reshape(m, -1)
-        gathered = np.empty((m, min(block, flat.shape[1])), v.dtype)
+        flat = torch.from_numpy(np.ascontiguousarray(v).reshape(m, -1))
+        res = torch.from_numpy(out[k].reshape(m, -1))
         for a in range(0, flat.shape[1], block):
             cols = flat[:, a:a + block]
             n = cols.shape[1]
-            acc, term, g = acc_buf[:m * n].reshape(m, n), term_buf[:m * n].reshape(m, n), gathered[:, :n]
-            np.copyto(acc, cols)  # as ``v.astype(np.float64)``
-            acc *= diag
+            x, term, acc = x_buf[:m * n].view(m, n), term_buf[:m * n].view(m, n), acc_buf[:m * n].view(m, n)
+            x.copy_(cols)  # float64: as ``v.astype(np.float64)``
+            torch.mul(x, diag, out=acc)
             for s in range(deg):
-                if full[s]:
-                    np.take(cols, who[:, s], axis=0, out=g)
-                    np.multiply(g, coef[:, s, None], out=term, dtype=np.float64)
-                    acc += term
+                if all(has[s]):
+                    torch.index_select(x, 0, who[:, s], out=term)
+                    term.mul_(coef[:, s, None])
+                    acc.add_(term)
                 else:  # only the receivers that have an s-th sender (no 0 * x terms)
-                    r = np.flatnonzero(has[:, s])
-                    acc[r] += np.multiply(cols[who[r, s]], coef[r, s, None], dtype=np.float64)
-            res[:, a:a + n] = np.rint(acc) if np.issubdtype(v.dtype, np.integer) else acc
+                    r = torch.tensor([i for i in range(m) if has[s][i]], dtype=torch.int64)
+                    acc.index_add_(0, r, x.index_select(0, who[r, s]) * coef[r, s, None])
+            res[:, a:a + n] = torch.round(acc) if not v.dtype.kind == "f" else acc
     return out, new_w
