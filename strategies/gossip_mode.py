@@ -58,8 +58,8 @@ def send_stacked(run: Any, zs: dict[str, np.ndarray], conf: ConfigRecord, grid: 
 
     With ``sim.clients_per_worker`` > 1 each transport message carries its node's clients' models as one
     stacked array per name (``STACKED``, rows in ``pids`` order) and the node replies so
-    (``strategies/sync.py``, :func:`client_fit_block`): 20 arrays a message instead of 20 per client. Counted
-    as the unpacked exchange: with ``restore``, one "down" message of one model's size per client.
+    (``strategies/sync.py``, :func:`client_fit_block`): one array per name a message instead of one per name and
+    client. Counted as the unpacked exchange: with ``restore``, one "down" message of one model's size per client.
     """
     m = run.cfg.num_clients
     size = to_record(model_at(zs, 0)).count_bytes()  # every node's model has the same names, shapes and dtypes
@@ -90,8 +90,8 @@ def send_stacked(run: Any, zs: dict[str, np.ndarray], conf: ConfigRecord, grid: 
             out[k][pids] = v
         for pid in pids:
             metrics[pid] = dict(r.content[f"metrics/{pid}"])
-    for pid in range(m):
-        if restore:
+    if restore:
+        for pid in range(m):
             grid.count_virtual("down", pid, None, size)
     return out, metrics
 
