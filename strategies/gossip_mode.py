@@ -47,27 +47,22 @@ def restored_states(state: dict, m: int) -> dict[str, np.ndarray]:
     return stacked.stack([tree_numpy(state["nodes"][str(i)]) for i in range(m)])
 
 
-def model_at(ys: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
-    """Node i's model (views of the stacked arrays; 0-d arrays stay arrays)."""
-    return {k: v[i, ...] for k, v in ys.items()}
-
-
 def send_stacked(run: Any, zs: dict[str, np.ndarray], conf: ConfigRecord, grid: Any, rnd: int,
-                 restore: bool) -> tuple[dict[str, np.ndarray], list[dict]]:
+                 down_bytes: int | None) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Send every node its model and return the trained models (stacked) and the metrics, in node order.
 
     With ``sim.clients_per_worker`` > 1 each transport message carries its node's clients' models as one
     stacked array per name (``STACKED``, rows in ``pids`` order) and the node replies so
     (``strategies/sync.py``, :func:`client_fit_block`): one array per name a message instead of one per name and
-    client. Counted as the unpacked exchange: with ``restore``, one "down" message of one model's size per client.
+    client. Counted as the unpacked exchange: with ``down_bytes`` (the first message, which restores every
+    node's state), one "down" message of that many bytes, one model's, per client; None: not counted.
     """
     m = run.cfg.num_clients
-    size = to_record(model_at(zs, 0)).count_bytes()  # every node's model has the same names, shapes and dtypes
     out = {k: np.empty_like(v) for k, v in zs.items()}
     metrics: list[dict | None] = [None] * m
     if run.packing == 1:
-        msgs = [run.message(i, {"arrays": to_record(model_at(zs, i)), "config": conf}) for i in range(m)]
-        replies = grid.send_and_receive(msgs, count="down" if restore else None)
+        msgs = [run.message(i, {"arrays": to_record(stacked.row(zs, i)), "config": conf}) for i in range(m)]
+        replies = grid.send_and_receive(msgs, count=None if down_bytes is None else "down")
         del msgs
         for r in run.keep_ok(rnd, replies, grid):
             i = int(r.content["metrics"]["partition-id"])
@@ -90,9 +85,9 @@ def send_stacked(run: Any, zs: dict[str, np.ndarray], conf: ConfigRecord, grid: 
             out[k][pids] = v
         for pid in pids:
             metrics[pid] = dict(r.content[f"metrics/{pid}"])
-    if restore:
+    if down_bytes is not None:
         for pid in range(m):
-            grid.count_virtual("down", pid, None, size)
+            grid.count_virtual("down", pid, None, down_bytes)
     return out, metrics
 
 
@@ -130,7 +125,8 @@ class GossipMode:
         conf = ConfigRecord(plan.train_config(self.name, **{"momentum-mode": self.p.momentum_mode}))
         z_in = self.zs if self.zs is not None else stacked.debias(self.ys, self.ws)
         self.zs = None
-        z_new, metrics = send_stacked(run, z_in, conf, grid, rnd, self.restore)
+        size = to_record(stacked.row(z_in, 0)).count_bytes()  # every node's y and z: the same names, shapes, dtypes
+        z_new, metrics = send_stacked(run, z_in, conf, grid, rnd, size if self.restore else None)
         self.restore = False
         # only SGP's local update reads z (y + z_new - z)
         post_y = stacked.local_update(self.method, self.ys, self.ws, z_in if self.method == "sgp" else None, z_new)
@@ -139,7 +135,6 @@ class GossipMode:
         # this round's mixing step: matrix, link noise, the node-to-node messages, the mirrored states
         A = gossip.matrix_at(self.p, m, rnd, cfg.seed)
         sigma = self.p.noise_std * self.p.noise_decay ** (rnd - 1)
-        size = to_record(model_at(post_y, 0)).count_bytes()  # every node's y has the same keys, shapes and dtypes
         round_bytes: dict[int, int] = {i: 0 for i in range(m)}
         for i in range(m):
             for j in gossip.senders(A, i):
@@ -148,7 +143,7 @@ class GossipMode:
                 round_bytes[j] += size
         before = gossip.consensus(stacked.rows(post_y), post_w)
         noisy = None if sigma == 0.0 else (
-            lambda j, i: gossip.link_noise(model_at(post_y, j), sigma, cfg.seed, rnd, j, i))
+            lambda j, i: gossip.link_noise(stacked.row(post_y, j), sigma, cfg.seed, rnd, j, i))
         self.ys, self.ws = stacked.mix(A, post_y, post_w, noisy)
         post_y = None  # the round's evaluation and the next round's models need only the mixed states
         x_bar = gossip.consensus(stacked.rows(self.ys), self.ws)

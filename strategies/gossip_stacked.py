@@ -30,17 +30,20 @@ from strategies import gossip
 BLOCK = 1024  # model entries mixed at a time: 256 nodes' rows, float64 terms and sums, 3 x 2 MB
 
 
-
 def stack(models: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per-node models (same names, shapes, dtypes) -> one ``(M, ...)`` array per name."""
     return {k: np.stack([y[k] for y in models]) for k in models[0]}
 
 
+def row(stacked: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    """Node i's model as views of the stacked arrays (no copy): ``Y[k][i, ...]``, an array also where node i's
+    ``k`` has no dimensions (``Y[k][i]`` would be a NumPy scalar)."""
+    return {k: v[i, ...] for k, v in stacked.items()}
+
+
 def rows(stacked: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """Node i's model as views of the stacked arrays (no copy): ``rows(Y)[i][k]`` is ``Y[k][i, ...]``, an array
-    also where node i's ``k`` has no dimensions (``Y[k][i]`` would be a NumPy scalar)."""
-    m = len(next(iter(stacked.values())))
-    return [{k: v[i, ...] for k, v in stacked.items()} for i in range(m)]
+    """Every node's model, :func:`row` by row."""
+    return [row(stacked, i) for i in range(len(next(iter(stacked.values()))))]
 
 
 def _per_row(ws: Sequence[float], v: np.ndarray) -> np.ndarray:
@@ -87,29 +90,25 @@ def mix(A: np.ndarray, ys: dict[str, np.ndarray], ws: Sequence[float],
         block: int = BLOCK) -> tuple[dict[str, np.ndarray], list[float]]:
     """One gossip step for all nodes, as :func:`gossip.mix_all` on ``rows(ys)``, returned stacked.
 
-    ``sent(j, i)``: what node i received from node j (link noise: a model per pair), mixed receiver by
-    receiver through :func:`gossip.mix`. Without it, every receiver is mixed at once, ``block`` entries of
-    each model at a time: the block of all nodes' rows (and its float64 accumulators) stays in the cache while
-    the k-th senders of all receivers are gathered from it and added, k = 1, 2, ... in ``gossip.senders``
-    order, so each model is read from memory once instead of once per receiver it is sent to.
+    ``sent(j, i)``: what node i received from node j (link noise: a model per pair); then this is
+    :func:`gossip.mix_all` itself, receiver by receiver. Without it, every receiver is mixed at once, ``block``
+    entries of each model at a time, in torch (see the module's docstring).
     """
+    if sent is not None:
+        mixed, new_w = gossip.mix_all(A, rows(ys), ws, sent)
+        return stack(mixed), new_w
     m = A.shape[0]
     src = [gossip.senders(A, i) for i in range(m)]
     coefs = [[float(A[i, j]) for j in s] for i, s in enumerate(src)]
     new_w = [gossip.mix_weight(float(A[i, i]), float(ws[i]), coefs[i], [float(ws[j]) for j in src[i]])
              for i in range(m)]
     out = {k: np.empty(v.shape, v.dtype) for k, v in ys.items()}
-    if sent is not None:
-        own = rows(ys)
-        for i in range(m):
-            mixed = gossip.mix(float(A[i, i]), own[i], coefs[i], [sent(j, i) for j in src[i]])
-            for k, v in mixed.items():
-                out[k][i] = v
-        return out, new_w
     deg = max((len(s) for s in src), default=0)
     who = torch.tensor([s + [i] * (deg - len(s)) for i, s in enumerate(src)], dtype=torch.int64).reshape(m, deg)
     coef = torch.tensor([c + [0.0] * (deg - len(c)) for c in coefs], dtype=torch.float64).reshape(m, deg)
-    has = [[k < len(s) for s in src] for k in range(deg)]
+    # per slot: None where every receiver has an s-th sender, else the receivers that have one (no 0 * x terms)
+    some = [None if all(s < len(d) for d in src) else torch.tensor([i for i, d in enumerate(src) if s < len(d)])
+            for s in range(deg)]
     diag = torch.tensor([float(A[i, i]) for i in range(m)], dtype=torch.float64)[:, None]
     x_buf, term_buf, acc_buf = (torch.empty(m * block, dtype=torch.float64) for _ in range(3))
     for k, v in ys.items():
@@ -122,12 +121,11 @@ def mix(A: np.ndarray, ys: dict[str, np.ndarray], ws: Sequence[float],
             x.copy_(cols)  # float64: as ``v.astype(np.float64)``
             torch.mul(x, diag, out=acc)
             for s in range(deg):
-                if all(has[s]):
+                if (r := some[s]) is None:
                     torch.index_select(x, 0, who[:, s], out=term)
                     term.mul_(coef[:, s, None])
                     acc.add_(term)
-                else:  # only the receivers that have an s-th sender (no 0 * x terms)
-                    r = torch.tensor([i for i in range(m) if has[s][i]], dtype=torch.int64)
+                else:
                     acc.index_add_(0, r, x.index_select(0, who[r, s]) * coef[r, s, None])
-            res[:, a:a + n] = torch.round(acc) if not v.dtype.kind == "f" else acc
+            res[:, a:a + n] = acc if v.dtype.kind == "f" else torch.round(acc)
     return out, new_w

@@ -48,9 +48,9 @@ def pack(msgs: list, pids: list[int], own_arrays: bool = False,
 
     A node holds several virtual clients (``sim.clients_per_worker``). Its transport message carries
     the records of its clients' messages once (they are equal: model, config, server state), with
-    the list of its clients (``pids``); with ``own_arrays`` each client's ``arrays`` differ (gossip,
-    asynchronous SGD: every client trains from its own model) and travel as ``arrays/<pid>``; each config
-    key in ``own_config`` differs per client too and travels as the list ``<key>-each``, in ``pids`` order.
+    the list of its clients (``pids``); with ``own_arrays`` each client's ``arrays`` differ (asynchronous
+    SGD: every client trains from its own model) and travel as ``arrays/<pid>``; each config key in
+    ``own_config`` differs per client too and travels as the list ``<key>-each``, in ``pids`` order.
     The node replies with ``arrays/<pid>`` and ``metrics/<pid>`` per client (or block sums).
     """
     by_node: dict[int, list[int]] = {}
@@ -70,8 +70,8 @@ def pack(msgs: list, pids: list[int], own_arrays: bool = False,
     return transport
 
 
-def send_packed(msgs: list, pids: list[int], grid: Any, count: str | None = "both",
-                own_arrays: bool = False) -> tuple[list, list[int], list[Block]]:
+def send_packed(msgs: list, pids: list[int], grid: Any,
+                count: str | None = "both") -> tuple[list, list[int], list[Block]]:
     """Send virtual clients' messages packed, one per node (:func:`pack`), and wait; return one reply per virtual
     client, its name, and the nodes' block sums (``strategies/blocks.py``) in node order when the nodes sent sums.
 
@@ -80,7 +80,7 @@ def send_packed(msgs: list, pids: list[int], grid: Any, count: str | None = "bot
     would be (``count``: "both", "down" or None, one logical message per virtual client and direction), plus
     the transport messages that crossed Flower.
     """
-    packed = pack(msgs, pids, own_arrays)
+    packed = pack(msgs, pids)
     by_node = {m.metadata.dst_node_id: node_pids for m, node_pids in packed}
     transport = [m for m, _ in packed]
     replies = grid.send_and_receive(transport, count=None)
