@@ -5,7 +5,9 @@ message (``sim.clients_per_worker=1``), 5 rounds, seed 0, evaluation every round
 deploy up --nodes 3`` on 127.0.0.1 (TLS + SuperNode authentication), then ``fedlab deploy run``;
 simulated: ``fedlab run``. The runs alternate (deployed, simulated, deployed, ...) so that a change
 of machine load hits both. A round's time is the difference of consecutive ``wall_time_s`` in
-``metrics.csv``; the steady rounds are 2..R (round 1 also discovers the nodes); medians over all reps.
+``metrics.csv``; the steady rounds are 2..R (round 1 also discovers the nodes); medians over all reps. Every
+federation but the one running is paused (SIGSTOP): idle, its SuperLink answering its nodes' polls would take
+CPU from the one measured.
 
 The per-message timeline comes from the ClientApps themselves (``FEDLAB_TIMELINE``, see
 ``fedlab_app/client_app.py``): process start -> module imported (Python, Flower's runtime, the FAB
@@ -33,6 +35,7 @@ import itertools
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -43,7 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fedlab_app import deploy
+from fedlab_app import deploy, trace
 
 FEDLAB = str(Path(sys.executable).parent / "fedlab")
 TIMELINE = "FEDLAB_TIMELINE"  # fedlab_app.client_app.TIMELINE (not imported here: it loads torch)
@@ -103,8 +106,36 @@ def timeline(paths: list[Path]) -> dict:
     return {k: round(statistics.median(v), 3) for k, v in phases.items() if v}
 
 
+def hold(d: Path, sig: int) -> None:
+    """Pause (SIGSTOP) or resume (SIGCONT) every process of federation ``d`` (each started in its own process
+    group): an idle federation's SuperLink, asked by its nodes several times a second, would take CPU from
+    the one measured."""
+    for p in deploy.load_state(d).get("processes", []):
+        try:
+            os.killpg(p["pid"], sig)
+        except ProcessLookupError:
+            pass
+
+
+def journey_medians(paths: list[Path]) -> dict:
+    """Medians over the steady rounds' (>= 2) training messages of each stage's time after the server's send
+    (``after_send``) and of each step from the stage before (``step``); see ``fedlab_app/trace.py``."""
+    rows = [r for p in paths if p.exists() for r in trace.journeys(trace.read(p)) if r["round"] >= 2]
+    labels = [label for label, *_ in trace.STAGES]
+    after = {k: [r[k] for r in rows if r[k] is not None] for k in labels}
+    steps = {f"{a} -> {b}": [r[b] - r[a] for r in rows if r[a] is not None and r[b] is not None]
+             for a, b in itertools.pairwise(labels)}
+    med = lambda d: {k: round(statistics.median(v), 3) for k, v in d.items() if v}  # noqa: E731
+    return {"messages": len(rows), "after_send": med(after), "step": med(steps)}
+
+
 FLOWER_WIRE = {"FEDLAB_FLAT_WIRE": "0"}  # the ServerApp sends arrays one by one (fedlab_app/wire.py)
+BEFORE = {"FEDLAB_SUPERLINK_EXEC_POLL_S": "0.1", "FEDLAB_REUSE_FAB": "0", "FEDLAB_WARM_APP": "0",
+          "FEDLAB_SERVER_PULL_RETRY": "0"}
 VARIANTS = {  # name -> (flag, help, deploy.up keyword arguments, environment of its processes)
+    "before": ("--before", "also the default federation as it was before the traced changes (SuperLink's SuperExec "
+               "asking every 0.1 s, ClientApps unpacking the FAB and importing the app each message, the ServerApp's "
+               "object pulls retrying after Flower's 1 s)", {}, BEFORE),
     "cold": ("--cold", "also Flower's own SuperNode: ClientApps start cold, plain flower-supernode (3 s idle wait, "
              "1 s first object retry), arrays one by one", {"warm": False, "poll": None}, FLOWER_WIRE),
     "per_array": ("--per-array", "also the default federation sending arrays one by one (FEDLAB_FLAT_WIRE=0)",
@@ -123,6 +154,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     for flag, help_, _, _ in VARIANTS.values():
         ap.add_argument(flag, action="store_true", help=help_ + ", interleaved")
+    ap.add_argument("--trace", action="store_true", help="each deployed federation also writes FEDLAB_TRACE "
+                    "(fedlab_app/trace.py): each training message's journey, stage by stage")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "deploy.json")
     a = ap.parse_args()
     chosen = [v for v, (flag, *_) in VARIANTS.items() if getattr(a, flag[2:].replace("-", "_"))]
@@ -130,30 +163,42 @@ def main() -> None:
     os.environ["FLWR_HOME"] = str(tmp / "flwr_home")
     os.environ[TIMELINE] = str(tmp / "timeline.jsonl")  # the SuperNodes' ClientApps append here
     dirs = {"deployed": tmp / "federation", **{v: tmp / f"federation_{v}" for v in chosen}}
+    traced = {v: tmp / f"trace_{v}.jsonl" for v in dirs} if a.trace else {}  # each federation's trace file
     t0 = time.perf_counter()
+    os.environ.update({trace.ENV: str(traced["deployed"])} if a.trace else {})
     deploy.up(dirs["deployed"], 3, port=free_port_block(4))
     up_s = time.perf_counter() - t0
     for v in chosen:
-        kwargs, env = VARIANTS[v][2], VARIANTS[v][3]
+        kwargs, env = VARIANTS[v][2], {**VARIANTS[v][3], **({trace.ENV: str(traced[v])} if a.trace else {})}
         os.environ.update(env)  # the federation's processes keep the environment they started with
         deploy.up(dirs[v], 3, port=free_port_block(4), **kwargs)
         for k in env:
             del os.environ[k]
+    os.environ.pop(trace.ENV, None)
     rounds: dict[str, list[float]] = {"deployed": [], "simulated": [], **{v: [] for v in chosen}}
     try:
+        for d in dirs.values():
+            hold(d, signal.SIGSTOP)
         for rep in range(a.reps):
             for v in ["deployed", "simulated", *chosen]:
                 if v == "simulated":
                     rounds[v] += run([FEDLAB, "run", *WORK, f"rounds={a.rounds}"], tmp / f"simulated{rep}",
                                      {**os.environ, TIMELINE: str(tmp / f"simulated{rep}.jsonl")})
                     continue
-                rounds[v] += run([FEDLAB, "deploy", "run", "--dir", str(dirs[v]), *WORK, f"rounds={a.rounds}"],
-                                 tmp / f"{v}{rep}")
+                hold(dirs[v], signal.SIGCONT)
+                try:
+                    rounds[v] += run([FEDLAB, "deploy", "run", "--dir", str(dirs[v]), *WORK, f"rounds={a.rounds}"],
+                                     tmp / f"{v}{rep}")
+                finally:
+                    hold(dirs[v], signal.SIGSTOP)
                 os.replace(tmp / "timeline.jsonl", tmp / f"{v}{rep}.jsonl")
+                if v in traced:
+                    os.replace(traced[v], tmp / f"trace_{v}{rep}.jsonl")
             last = ", ".join(f"{v} {[round(x, 2) for x in r[-(a.rounds - 1):]]}" for v, r in rounds.items())
             print(f"rep {rep}: {last}, load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         for d in dirs.values():
+            hold(d, signal.SIGCONT)
             deploy.down(d)
     med = {v: statistics.median(r) for v, r in rounds.items()}
     res = {"work": WORK + [f"rounds={a.rounds}"], "reps": a.reps, "steady_rounds": f"2..{a.rounds}",
@@ -167,6 +212,8 @@ def main() -> None:
            **{k: val for v in chosen for k, val in (
                (f"{v}_round_s", round(med[v], 3)), (f"{v}_rounds_s", [round(x, 3) for x in rounds[v]]),
                (f"timeline_{v}_median_s", timeline([tmp / f"{v}{r}.jsonl" for r in range(a.reps)])))},
+           **({"trace_median_s": {v: journey_medians([tmp / f"trace_{v}{r}.jsonl" for r in range(a.reps)])
+                                  for v in traced}} if a.trace else {}),
            "node_poll_s": deploy.NODE_POLL_S,
            "superexec_poll_s": deploy.flwr_env(dirs["deployed"]).get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL"),
            "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),

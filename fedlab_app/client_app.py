@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 import strategies
 from clients.perf import tune_process
 from clients.train import evaluate
-from fedlab_app import config, wire
+from fedlab_app import config, trace, wire
 from fedlab_app.local import Node
 
 app = ClientApp()
@@ -45,11 +45,16 @@ def process_start() -> float:
 
 def _log_timeline(conf, t_handler: float, t_data: float, t_trained: float) -> None:
     """Append one JSON line: process start, imports done, handler start, data + model loaded, trained."""
+    if trace.enabled():
+        rnd = int(conf.get("server-round", 0))
+        trace.mark("clientapp", "handler", t=t_handler, round=rnd, type="train")
+        trace.mark("clientapp", "trained", t=t_trained, round=rnd, type="train")
     if path := os.environ.get(TIMELINE):
+        start = process_start()  # a process forked with this module imported: "imported" when it started
         _SEEN.append(t_handler)  # the n-th message of this process (deployed: always the first)
         with open(path, "a") as f:
             f.write(json.dumps({"round": int(conf.get("server-round", 0)), "pid": os.getpid(), "nth": len(_SEEN),
-                                "start": process_start(), "loaded": LOADED, "handler": t_handler,
+                                "start": start, "loaded": max(LOADED, start), "handler": t_handler,
                                 "data": t_data, "trained": t_trained}) + "\n")
 
 

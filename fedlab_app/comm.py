@@ -15,7 +15,7 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedlab_app import wire
+from fedlab_app import trace, wire
 
 
 def message_bytes(msg: Message) -> int:
@@ -151,8 +151,13 @@ class CountingGrid:
         partition id its reply carries (node ids are random per run; partition ids survive a resume).
         Every message sent and received is counted as transport, whatever ``count`` says."""
         messages = list(messages)
+        if messages and trace.enabled():
+            trace.tag_rounds(messages)
+            trace.mark("server", "send", **trace.about(messages[0]))
         with wire.flat_while_sent(messages, self.flat):
             replies = wire.decoded(self._grid.send_and_receive(messages, timeout=timeout))
+        if messages and trace.enabled():
+            trace.mark("server", "replies", **trace.about(messages[0]))
         self._carried(messages)
         self._carried(replies)
         self._asked.update({m.metadata.message_id: m.metadata.dst_node_id for m in messages})

@@ -30,7 +30,10 @@ from fedlab_app.results import RunDir
 DEFAULT_DIR = Path(".fedlab-deploy")
 CONNECTION = "fedlab"
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr live beside this Python
-SUPEREXEC_POLL_S = "0.1"  # how often a SuperExec asks for a task to start (Flower's default: 1 s, per message)
+SUPEREXEC_POLL_S = "0.1"  # how often a SuperNode's SuperExec asks for a task to start (Flower's: 1 s, per message)
+# the SuperLink's SuperExec starts a ServerApp once per run, and its asking costs the SuperLink's CPU all run long
+# (FEDLAB_SUPERLINK_EXEC_POLL_S overrides it: bench/bench_deploy.py --before)
+SUPERLINK_EXEC_POLL_S = "1.0"
 NODE_POLL_S = 0.2  # the longest wait in a SuperNode's loop (fedlab_app/flower_waits.py; Flower's own: 3 s)
 PREFORK_BIN, PREFORK_SOCKET = "prefork-bin", "prefork.sock"  # start_prefork's launcher directory and socket
 
@@ -137,11 +140,13 @@ def save_state(d: Path, state: dict) -> None:
     (d / "state.json").write_text(json.dumps(state, indent=2))
 
 
-def start_process(d: Path, name: str, cmd: list[str]) -> subprocess.Popen:
-    """Start ``cmd`` in its own session (so its children stop with it), log to ``logs/<name>.log``, record its PID."""
+def start_process(d: Path, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (so its children stop with it), log to ``logs/<name>.log``, record its PID;
+    ``env`` overrides :func:`flwr_env`."""
     (d / "logs").mkdir(parents=True, exist_ok=True)
     log = open(d / "logs" / f"{name}.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=flwr_env(d), start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**flwr_env(d), **(env or {})},
+                            start_new_session=True)
     state = load_state(d)
     state["processes"].append({"name": name, "pid": proc.pid, "cmd": cmd})
     save_state(d, state)
@@ -187,7 +192,8 @@ def start_superlink(d: Path, host: str, port: int, tls: bool, auth: bool) -> sub
         cmd.append("--enable-supernode-auth")
     cmd += ["--database", str((d / "superlink.db").resolve())]  # registered nodes survive a restart
     write_connection(d, f"{host}:{port}", ca)
-    proc = start_process(d, "superlink", cmd)
+    proc = start_process(d, "superlink", cmd, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL":
+                                                 os.environ.get("FEDLAB_SUPERLINK_EXEC_POLL_S", SUPERLINK_EXEC_POLL_S)})
     wait_port(host, port)
     return proc
 

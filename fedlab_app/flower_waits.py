@@ -22,8 +22,11 @@ retries, node authentication, the SuperExec and the ClientApp runtime stay Flowe
 
 from __future__ import annotations
 
+import os
 import sys
 import time as _time
+
+from fedlab_app import trace
 
 # Flower's SuperNode modules are imported where they are changed: ``fedlab deploy`` imports this module to
 # validate its arguments, and Flower's SuperNode costs 1.5 s to import.
@@ -73,6 +76,44 @@ def retry_object_pulls_sooner(first: float = FIRST_PULL_RETRY_S, cap: float = PU
     return changed
 
 
+def trace_node_loop() -> None:
+    """Mark (``fedlab_app/trace.py``) when this SuperNode has pulled a message and its objects (``received``),
+    has its ClientApp's reply (``reply seen``, as it starts sending it) and has sent it with its objects
+    (``reply sent``), by wrapping the two steps of Flower's loop (process-wide)."""
+    from flwr.supernode import start_client_internal as loop
+
+    pull, push = loop._pull_and_store_message, loop._push_messages
+    node = os.getpid()
+
+    def pull_traced(*args, receive, **kwargs):
+        got = []
+
+        def receive_noted():
+            out = receive()
+            if out is not None:
+                got.append(out[0])
+            return out
+
+        run_id = pull(*args, receive=receive_noted, **kwargs)
+        for msg in got:
+            trace.mark("node", "received", node=node, **trace.about(msg))
+        return run_id
+
+    def push_traced(*args, send, **kwargs):
+        sent = []
+
+        def send_noted(msg, *a, **k):
+            trace.mark("node", "reply seen", node=node, **trace.about(msg))
+            sent.append(msg)
+            return send(msg, *a, **k)
+
+        push(*args, send=send_noted, **kwargs)
+        for msg in sent:
+            trace.mark("node", "reply sent", node=node, **trace.about(msg))
+
+    loop._pull_and_store_message, loop._push_messages = pull_traced, push_traced
+
+
 def main(argv: list[str]) -> None:
     """``python -m fedlab_app.flower_waits S [flower-supernode arguments...]``."""
     if not argv:
@@ -84,6 +125,8 @@ def main(argv: list[str]) -> None:
     if len(retry_object_pulls_sooner()) < 2:
         print("fedlab_app.flower_waits: Flower's object pulls keep their own retry waits (settings not found)",
               file=sys.stderr, flush=True)
+    if trace.enabled():
+        trace_node_loop()
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *argv[1:]]

@@ -12,8 +12,10 @@ which forks; the child runs Flower's ``flwr-clientapp`` entry point with them: t
 handshake, FAB install, ClientApp load and reply, in a process that starts warm. The launcher waits for
 the child, passes SIGINT and SIGTERM on, and exits with its status.
 
-What the server holds when it forks: third-party modules only (:data:`PRELOAD`; the ClientApp's own code
-comes from the FAB in the child, as Flower loads it), one thread (numpy's OpenBLAS pool shuts down and
+What the server holds when it forks: third-party modules (:data:`PRELOAD`) and, once a child has loaded a
+ClientApp from an installed FAB, that app's module imported from the same installed directory
+(:func:`_warm_app`; a child whose run brings another FAB forgets it and Flower loads its own, so the code that
+runs is always the run's FAB's), one thread (numpy's OpenBLAS pool shuts down and
 restarts around a fork), no connection and no torch computation (OpenMP's thread pool is not fork-safe).
 When the server is not running, the launcher runs Flower's ``flwr-clientapp`` itself: a cold start, as
 without it. Only this standard-library module is imported by the launcher.
@@ -33,11 +35,15 @@ import time
 import traceback
 from pathlib import Path
 
+from fedlab_app import trace
+
 # torch._dynamo: torch imports it on the first optimizer a process builds (1.3-1.5 s per deployed message,
 # measured with py-spy: most of a cold ClientApp's "training")
 PRELOAD = ("numpy", "torch", "torch.nn.functional", "torch.optim", "torch._dynamo", "flwr.app", "flwr.clientapp",
            "flwr.supernode.cli.flwr_clientapp")
 TARGET = "flwr.supernode.cli.flwr_clientapp:flwr_clientapp"  # Flower's own `flwr-clientapp` entry point
+REUSE_FAB = "FEDLAB_REUSE_FAB"  # "0" in a SuperNode's environment: its ClientApps install the FAB as Flower does
+WARM_APP = "FEDLAB_WARM_APP"  # "0" in a SuperNode's environment: its ClientApps import the app themselves
 WAITS = "fedlab_app.flower_waits"  # retry_object_pulls_sooner, applied before the first fork
 _LEN = struct.Struct("!Q")  # the request's length, sent with the launcher's stdin, stdout and stderr
 _PID = struct.Struct("!q")  # the child's pid, then its exit status, to the launcher
@@ -58,8 +64,9 @@ def _entry(target: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _run_child(conn: socket.socket, fds: list[int], request: dict, target: str) -> int:
-    """In the forked child: take the launcher's streams, environment, directory and arguments; run ``target``."""
+def _run_child(conn: socket.socket, fds: list[int], request: dict, target: str, report: int | None = None) -> int:
+    """In the forked child: take the launcher's streams, environment, directory and arguments; run ``target``;
+    ``report``: where to write the directory of the app Flower loaded (a pipe to the server)."""
     for i, fd in enumerate(fds):
         os.dup2(fd, i)
         os.close(fd)
@@ -67,14 +74,21 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict, target: str) 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    root = Path(__file__).resolve().parents[1]
-    own = {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}  # fedlab_app, clients, strategies, ...
-    for name in [m for m in sys.modules if m.split(".")[0] in own]:
-        del sys.modules[name]  # fedlab's own modules: the ClientApp's come from the FAB, as Flower loads them
+    # fedlab's own modules as the server imported them: the ClientApp's come from the FAB, as Flower loads them
+    # (those of the app the server imported from an installed FAB stay: see _use_warm_app)
+    _forget(set(_fedlab_modules()) - set(_WARM["modules"]))
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
     sys.argv = list(request["argv"])
+    if target == TARGET and os.environ.get(REUSE_FAB, "1") != "0":
+        _reuse_installed_fab()
+    if target == TARGET and os.environ.get(WARM_APP, "1") != "0":
+        _use_warm_app(report)
+    if trace.enabled():
+        trace.mark("clientapp", "started", launcher=request.get("launcher"))
+        if target == TARGET:
+            _trace_clientapp()
     try:
         code = _entry(target)()
     except SystemExit as e:
@@ -86,6 +100,146 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict, target: str) 
         print(code, file=sys.stderr)
         code = 1
     return code or 0
+
+
+_WARM: dict = {"dir": None, "modules": ()}  # the installed app whose ClientApp module this server imported
+
+
+def _fedlab_modules() -> list[str]:
+    root = Path(__file__).resolve().parents[1]
+    own = {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}  # fedlab_app, clients, strategies, ...
+    return [m for m in sys.modules if m.split(".")[0] in own]
+
+
+def _forget(names) -> None:
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def _warm_app(app_dir: Path) -> bool:
+    """In the server: import the ClientApp module of the app installed at ``app_dir`` (its ``pyproject.toml``
+    names it), from there, as Flower's loader would; children forked after it start with it imported. Replaces
+    the app imported before. Only modules loaded from ``app_dir`` count as the app's (third-party modules it
+    imports stay, as the preloaded ones do). False, and nothing kept, if the import fails."""
+    import tomllib
+
+    app_dir = Path(app_dir)
+    try:
+        conf = tomllib.loads((app_dir / "pyproject.toml").read_text())
+        module = conf["tool"]["flwr"]["app"]["components"]["clientapp"].partition(":")[0]
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        print(f"prefork: no ClientApp to import in {app_dir}: {e}", file=sys.stderr, flush=True)
+        return False
+    _forget([*_WARM["modules"], *_fedlab_modules()])
+    if _WARM["dir"] in sys.path:
+        sys.path.remove(_WARM["dir"])
+    _WARM.update(dir=None, modules=())
+    sys.path.insert(0, str(app_dir))
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - the children import it themselves, and report there
+        traceback.print_exc()
+        ok = False
+    else:
+        ok = True
+    inside = [name for name, m in list(sys.modules.items())
+              if str(getattr(m, "__file__", "") or "").startswith(str(app_dir) + os.sep)]
+    if not ok:
+        _forget(inside)
+        sys.path.remove(str(app_dir))
+        return False
+    _WARM.update(dir=str(app_dir), modules=tuple(sorted(inside)))
+    print(f"prefork: imported {module} from {app_dir} ({len(inside)} modules)", flush=True)
+    return True
+
+
+def _use_warm_app(report: int | None) -> None:
+    """In a child: Flower's ClientApp loader finds the app the server imported (:func:`_warm_app`) when the run's
+    FAB is that app's (the same installed directory, named by the FAB's hash); otherwise those modules are
+    forgotten first and Flower imports the app itself. The directory loaded goes to ``report``, so the server
+    imports that app for the children after this one."""
+    from flwr.common.config import get_project_dir
+    from flwr.supernode.runtime import run_clientapp as rc
+
+    make = rc.get_load_client_app_fn
+
+    def make_loader(*a, **k):
+        load = make(*a, **k)
+
+        def loader(fab_id: str, fab_version: str, fab_hash: str):
+            app_dir = str(get_project_dir(fab_id, fab_version, fab_hash))
+            if _WARM["dir"] is not None and _WARM["dir"] != app_dir:
+                _forget(_WARM["modules"])
+                if _WARM["dir"] in sys.path:
+                    sys.path.remove(_WARM["dir"])
+            app = load(fab_id, fab_version, fab_hash)
+            if report is not None:
+                try:
+                    os.write(report, app_dir.encode())
+                except OSError:
+                    pass
+            return app
+        return loader
+
+    rc.get_load_client_app_fn = make_loader
+
+
+def _reuse_installed_fab() -> None:
+    """In this child, Flower's per-message FAB install returns the app directory that an earlier message of
+    the same FAB installed, without unpacking and hashing every file again (0.1-0.15 s a message here).
+
+    Flower's own ``install_from_fab`` unpacks the FAB into a temporary directory, checks each file's hash, and
+    then, finding ``<FLWR_HOME>/apps/<publisher>.<name>.<version>.<hash>`` already there, returns that
+    directory unchanged. Here the SHA-256 of the FAB's bytes is computed as Flower computes it and compared
+    with the hash the run names; the directory named by both is returned when it holds the app's
+    ``pyproject.toml``. Anything else (a first message, another FAB) goes to Flower's install."""
+    import hashlib
+
+    from flwr.common.config import get_project_dir
+    from flwr.supernode.runtime import run_clientapp as rc
+
+    pull, install = rc.pull_task_input, rc.install_from_fab
+    seen: dict = {}
+
+    def pull_noted(*a, **k):
+        out = pull(*a, **k)
+        seen["run"] = out[2]
+        return out
+
+    def install_or_reuse(fab_file, *a, **k):
+        run = seen.get("run")
+        if isinstance(fab_file, bytes) and run is not None and not a and set(k) <= {"skip_prompt"}:
+            digest = hashlib.sha256(fab_file).hexdigest()
+            if digest == run.fab_hash:
+                path = get_project_dir(run.fab_id, run.fab_version, digest)
+                if (path / "pyproject.toml").is_file():
+                    return path
+        return install(fab_file, *a, **k)
+
+    rc.pull_task_input, rc.install_from_fab = pull_noted, install_or_reuse
+
+
+def _trace_clientapp() -> None:
+    """Mark (``fedlab_app/trace.py``) the steps of Flower's ``run_clientapp`` in this child: task pulled, FAB
+    installed, app loaded, reply pushed."""
+    from flwr.supernode.runtime import run_clientapp as rc
+
+    about: dict = {}
+    pull, install, loader, push = rc.pull_task_input, rc.install_from_fab, rc.get_load_client_app_fn, rc.push_message
+
+    def after(f, what, learn=False):
+        def g(*a, **k):
+            out = f(*a, **k)
+            if learn:
+                about.update(trace.about(out[0]))
+            trace.mark("clientapp", what, **about)
+            return out
+        return g
+
+    rc.pull_task_input = after(pull, "task pulled", learn=True)
+    rc.install_from_fab = after(install, "fab installed")
+    rc.get_load_client_app_fn = lambda *a, **k: after(loader(*a, **k), "app loaded")
+    rc.push_message = after(push, "reply pushed")
 
 
 def serve(sock_path: Path, preload: tuple[str, ...] = PRELOAD, target: str = TARGET) -> None:
@@ -112,13 +266,26 @@ def serve(sock_path: Path, preload: tuple[str, ...] = PRELOAD, target: str = TAR
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     children: dict[int, socket.socket] = {}  # child pid -> its launcher's connection
+    reports: dict[int, bytes] = {}  # a child's report pipe -> what it wrote so far (see _use_warm_app)
     sel = selectors.DefaultSelector()
     sel.register(server, selectors.EVENT_READ)
     print(f"prefork: ready on {sock_path} (pid {os.getpid()}, preloaded {', '.join(preload) or 'nothing'})",
           flush=True)
     try:
         while not stop:
-            for _ in sel.select(timeout=0.05):
+            for key, _ in sel.select(timeout=0.05):
+                if key.fileobj is not server:  # a child's report: the app it loaded, whole once the child is done
+                    fd = key.fileobj
+                    data = os.read(fd, 4096)
+                    if data:
+                        reports[fd] += data
+                        continue
+                    sel.unregister(fd)
+                    os.close(fd)
+                    app_dir = reports.pop(fd).decode()
+                    if app_dir and app_dir != _WARM["dir"]:
+                        _warm_app(Path(app_dir))
+                    continue
                 conn, _ = server.accept()
                 try:
                     head, fds, _, _ = socket.recv_fds(conn, _LEN.size, 3)
@@ -130,15 +297,19 @@ def serve(sock_path: Path, preload: tuple[str, ...] = PRELOAD, target: str = TAR
                     continue
                 sys.stdout.flush()
                 sys.stderr.flush()
+                report_r, report_w = os.pipe() if target == TARGET else (None, None)
                 pid = os.fork()
                 if pid == 0:  # the child never returns into this loop
                     sel.close()
                     server.close()
                     for c in children.values():
                         c.close()
+                    for fd in [*reports, report_r]:
+                        if fd is not None:
+                            os.close(fd)
                     code = 1
                     try:
-                        code = _run_child(conn, fds, request, target)
+                        code = _run_child(conn, fds, request, target, report_w)
                     finally:
                         for stream in (sys.stdout, sys.stderr):
                             try:
@@ -148,6 +319,10 @@ def serve(sock_path: Path, preload: tuple[str, ...] = PRELOAD, target: str = TAR
                         os._exit(code)
                 for fd in fds:
                     os.close(fd)
+                if report_r is not None:
+                    os.close(report_w)
+                    reports[report_r] = b""
+                    sel.register(report_r, selectors.EVENT_READ)
                 conn.sendall(_PID.pack(pid))
                 children[pid] = conn
             _reap(children)
@@ -188,7 +363,10 @@ def launch(argv: list[str], sock_path: str, fallback: str) -> int:
     except OSError:
         conn.close()
         os.execv(fallback, [fallback, *argv])
-    request = json.dumps({"argv": [fallback, *argv], "env": dict(os.environ), "cwd": os.getcwd()}).encode()
+    if trace.enabled():  # started by the node's SuperExec, a child of the SuperNode
+        trace.mark("launcher", "launched", t=trace.process_start(), node=trace.parent(os.getppid()))
+    request = json.dumps({"argv": [fallback, *argv], "env": dict(os.environ), "cwd": os.getcwd(),
+                          "launcher": os.getpid()}).encode()
     socket.send_fds(conn, [_LEN.pack(len(request))], [0, 1, 2])
     conn.sendall(request)
     try:

@@ -72,3 +72,44 @@ def test_without_a_server_the_launcher_runs_the_fallback(tmp_path):
     launcher = prefork.write_launcher(tmp_path / "bin", tmp_path / "nothing.sock", Path("/bin/echo"))
     res = subprocess.run([str(launcher), "cold", "start"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0 and res.stdout.strip() == "cold start"
+
+
+WARM_CHECK = '''import os, sys
+sys.path.insert(0, {root!r})
+from fedlab_app import prefork
+from flwr.common.config import get_project_dir
+from flwr.supercore.object_ref import load_app
+from flwr.supernode.runtime import run_clientapp as rc
+A, B = {a!r}, {b!r}
+print("warmed", prefork._warm_app(A), prefork._WARM["modules"])
+warm = sys.modules["toyapp.client"]
+rc.get_load_client_app_fn = lambda *a, **k: (lambda fid, fv, fh: load_app(
+    "toyapp.client:app", ValueError, project_dir=get_project_dir(fid, fv, fh)))  # Flower's loader, in short
+r, w = os.pipe()
+prefork._use_warm_app(w)
+loader = rc.get_load_client_app_fn("", None, True)
+app = loader("pub/toy", "1.0.0", "a" * 64)
+print("same", app is warm.app, warm.__file__.startswith(A), os.read(r, 4096).decode() == A)
+other = loader("pub/toy", "1.0.0", "b" * 64)
+print("other", other == "B", sys.modules["toyapp.client"].__file__.startswith(B), os.read(r, 4096).decode() == B)
+'''
+
+
+def test_the_server_imports_the_installed_app_and_a_child_uses_it_only_for_that_fab(tmp_path):
+    """_warm_app imports the ClientApp module from an installed app directory; in a child, Flower's loader then
+    gets that very module for a run whose FAB is installed there, and for another FAB (another directory) the
+    warm modules are forgotten and the app comes from its own directory. Each load is reported."""
+    dirs = []
+    for h, value in (("a", "'A'"), ("b", "'B'")):
+        d = tmp_path / "home" / "apps" / f"pub.toy.1.0.0.{h * 8}"
+        (d / "toyapp").mkdir(parents=True)
+        (d / "pyproject.toml").write_text('[tool.flwr.app.components]\nclientapp = "toyapp.client:app"\n')
+        (d / "toyapp" / "__init__.py").write_text("")
+        (d / "toyapp" / "client.py").write_text(f"app = {value}\n")
+        dirs.append(str(d))
+    code = WARM_CHECK.format(root=str(ROOT), a=dirs[0], b=dirs[1])
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "FLWR_HOME": str(tmp_path / "home")})
+    assert res.stdout.splitlines() == [f"prefork: imported toyapp.client from {dirs[0]} (2 modules)",
+                                       "warmed True ('toyapp', 'toyapp.client')", "same True True True",
+                                       "other True True True"], res.stdout + res.stderr[-3000:]
