@@ -110,17 +110,21 @@ def hold(d: Path, sig: int) -> None:
     """Pause (SIGSTOP) or resume (SIGCONT) every process of federation ``d`` (each started in its own process
     group): an idle federation's SuperLink, asked by its nodes several times a second, would take CPU from
     the one measured."""
-    for p in deploy.load_state(d).get("processes", []):
+    try:
+        procs = deploy.load_state(d).get("processes", [])
+    except (OSError, ValueError):
+        return
+    for p in procs:
         try:
             os.killpg(p["pid"], sig)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             pass
 
 
 def journey_medians(paths: list[Path]) -> dict:
     """Medians over the steady rounds' (>= 2) training messages of each stage's time after the server's send
     (``after_send``) and of each step from the stage before (``step``); see ``fedlab_app/trace.py``."""
-    rows = [r for p in paths if p.exists() for r in trace.journeys(trace.read(p)) if r["round"] >= 2]
+    rows = [r for p in paths if p.exists() for r in trace.journeys(trace.read(p)) if r["round"] >= 2]  # int rounds
     labels = [label for label, *_ in trace.STAGES]
     after = {k: [r[k] for r in rows if r[k] is not None] for k in labels}
     steps = {f"{a} -> {b}": [r[b] - r[a] for r in rows if r[a] is not None and r[b] is not None]
@@ -159,6 +163,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "deploy.json")
     a = ap.parse_args()
     chosen = [v for v, (flag, *_) in VARIANTS.items() if getattr(a, flag[2:].replace("-", "_"))]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: the federations still go down (finally)
     tmp = Path(tempfile.mkdtemp(prefix="bench_deploy_"))
     os.environ["FLWR_HOME"] = str(tmp / "flwr_home")
     os.environ[TIMELINE] = str(tmp / "timeline.jsonl")  # the SuperNodes' ClientApps append here
@@ -197,9 +202,13 @@ def main() -> None:
             last = ", ".join(f"{v} {[round(x, 2) for x in r[-(a.rounds - 1):]]}" for v, r in rounds.items())
             print(f"rep {rep}: {last}, load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
-        for d in dirs.values():
+        for d in dirs.values():  # every federation running again first, then each taken down
             hold(d, signal.SIGCONT)
-            deploy.down(d)
+        for d in dirs.values():
+            try:
+                deploy.down(d)
+            except Exception as e:  # noqa: BLE001 - take the others down too
+                print(f"could not take {d} down: {e}", file=sys.stderr)
     med = {v: statistics.median(r) for v, r in rounds.items()}
     res = {"work": WORK + [f"rounds={a.rounds}"], "reps": a.reps, "steady_rounds": f"2..{a.rounds}",
            "deployed_round_s": round(med["deployed"], 3), "simulated_round_s": round(med["simulated"], 3),
@@ -216,6 +225,8 @@ def main() -> None:
                                   for v in traced}} if a.trace else {}),
            "node_poll_s": deploy.NODE_POLL_S,
            "superexec_poll_s": deploy.flwr_env(dirs["deployed"]).get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL"),
+           "superlink_exec_poll_s":
+               deploy.process_env(dirs["deployed"], "superlink")["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"],
            "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
                        "python": platform.python_version()}}
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -34,21 +33,15 @@ _SEEN: list[float] = []  # this process's training messages so far (only with FE
 
 def process_start() -> float:
     """When this process started (Unix time; Linux ``/proc``, else this module's import time)."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return LOADED
+    return trace.process_start() or LOADED
 
 
-def _log_timeline(conf, t_handler: float, t_data: float, t_trained: float) -> None:
+def _log_timeline(conf, t_handler: float, t_data: float, t_trained: float, run: int | None = None) -> None:
     """Append one JSON line: process start, imports done, handler start, data + model loaded, trained."""
     if trace.enabled():
         rnd = int(conf.get("server-round", 0))
-        trace.mark("clientapp", "handler", t=t_handler, round=rnd, type="train")
-        trace.mark("clientapp", "trained", t=t_trained, round=rnd, type="train")
+        trace.mark("clientapp", "handler", t=t_handler, run=run, round=rnd, type="train")
+        trace.mark("clientapp", "trained", t=t_trained, run=run, round=rnd, type="train")
     if path := os.environ.get(TIMELINE):
         start = process_start()  # a process forked with this module imported: "imported" when it started
         _SEEN.append(t_handler)  # the n-th message of this process (deployed: always the first)
@@ -101,7 +94,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         node = node_for(msg, context)
         t1 = time.time()
         reply = FITS[mode](msg, node)
-    _log_timeline(conf, t0, t1, time.time())
+    _log_timeline(conf, t0, t1, time.time(), msg.metadata.run_id)
     return reply
 
 

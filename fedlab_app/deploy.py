@@ -140,12 +140,20 @@ def save_state(d: Path, state: dict) -> None:
     (d / "state.json").write_text(json.dumps(state, indent=2))
 
 
-def start_process(d: Path, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``cmd`` in its own session (so its children stop with it), log to ``logs/<name>.log``, record its PID;
-    ``env`` overrides :func:`flwr_env`."""
+def process_env(d: Path, name: str) -> dict[str, str]:
+    """The environment of deployment ``d``'s process ``name``: :func:`flwr_env`, and for the SuperLink its
+    SuperExec's own interval (:data:`SUPERLINK_EXEC_POLL_S`; ``FEDLAB_SUPERLINK_EXEC_POLL_S`` overrides it)."""
+    env = flwr_env(d)
+    if name == "superlink":
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = os.environ.get("FEDLAB_SUPERLINK_EXEC_POLL_S", SUPERLINK_EXEC_POLL_S)
+    return env
+
+
+def start_process(d: Path, name: str, cmd: list[str]) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (so its children stop with it), log to ``logs/<name>.log``, record its PID."""
     (d / "logs").mkdir(parents=True, exist_ok=True)
     log = open(d / "logs" / f"{name}.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**flwr_env(d), **(env or {})},
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=process_env(d, name),
                             start_new_session=True)
     state = load_state(d)
     state["processes"].append({"name": name, "pid": proc.pid, "cmd": cmd})
@@ -192,8 +200,7 @@ def start_superlink(d: Path, host: str, port: int, tls: bool, auth: bool) -> sub
         cmd.append("--enable-supernode-auth")
     cmd += ["--database", str((d / "superlink.db").resolve())]  # registered nodes survive a restart
     write_connection(d, f"{host}:{port}", ca)
-    proc = start_process(d, "superlink", cmd, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL":
-                                                 os.environ.get("FEDLAB_SUPERLINK_EXEC_POLL_S", SUPERLINK_EXEC_POLL_S)})
+    proc = start_process(d, "superlink", cmd)
     wait_port(host, port)
     return proc
 
@@ -292,6 +299,7 @@ def stop_process(pid: int, grace: float = 10.0) -> None:
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
+            os.killpg(pid, signal.SIGCONT)  # a paused group (bench/bench_deploy.py) handles its SIGTERM now
         except (ProcessLookupError, PermissionError):  # gone, or no longer ours
             return
         if _gone(pid, wait):

@@ -95,8 +95,9 @@ def trace_node_loop() -> None:
             return out
 
         run_id = pull(*args, receive=receive_noted, **kwargs)
-        for msg in got:
-            trace.mark("node", "received", node=node, **trace.about(msg))
+        if run_id is not None:  # None: nothing there, or its objects could not be pulled
+            for msg in got:
+                trace.mark("node", "received", node=node, **trace.about(msg))
         return run_id
 
     def push_traced(*args, send, **kwargs):

@@ -18,7 +18,7 @@ ClientApp from an installed FAB, that app's module imported from the same instal
 runs is always the run's FAB's), one thread (numpy's OpenBLAS pool shuts down and
 restarts around a fork), no connection and no torch computation (OpenMP's thread pool is not fork-safe).
 When the server is not running, the launcher runs Flower's ``flwr-clientapp`` itself: a cold start, as
-without it. Only this standard-library module is imported by the launcher.
+without it. The launcher imports only this module and ``fedlab_app.trace`` (standard library only).
 """
 
 from __future__ import annotations
@@ -74,16 +74,21 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict, target: str, 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    # fedlab's own modules as the server imported them: the ClientApp's come from the FAB, as Flower loads them
-    # (those of the app the server imported from an installed FAB stay: see _use_warm_app)
-    _forget(set(_fedlab_modules()) - set(_WARM["modules"]))
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
     sys.argv = list(request["argv"])
+    warm = target == TARGET and os.environ.get(WARM_APP, "1") != "0"
+    # fedlab's own modules as the server imported them: the ClientApp's come from the FAB, as Flower loads them;
+    # those of the app the server imported from an installed FAB stay only where _use_warm_app checks them
+    _forget(set(_fedlab_modules()) - set(_WARM["modules"] if warm else ()))
+    if not warm:
+        _forget(_WARM["modules"])
+        if _WARM["dir"] in sys.path:
+            sys.path.remove(_WARM["dir"])
     if target == TARGET and os.environ.get(REUSE_FAB, "1") != "0":
         _reuse_installed_fab()
-    if target == TARGET and os.environ.get(WARM_APP, "1") != "0":
+    if warm:
         _use_warm_app(report)
     if trace.enabled():
         trace.mark("clientapp", "started", launcher=request.get("launcher"))
@@ -103,6 +108,7 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict, target: str, 
 
 
 _WARM: dict = {"dir": None, "modules": ()}  # the installed app whose ClientApp module this server imported
+_WARM_FAILED: set[str] = set()  # app directories whose import failed here: not tried again
 
 
 def _fedlab_modules() -> list[str]:
@@ -127,8 +133,9 @@ def _warm_app(app_dir: Path) -> bool:
     try:
         conf = tomllib.loads((app_dir / "pyproject.toml").read_text())
         module = conf["tool"]["flwr"]["app"]["components"]["clientapp"].partition(":")[0]
-    except (OSError, ValueError, KeyError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
         print(f"prefork: no ClientApp to import in {app_dir}: {e}", file=sys.stderr, flush=True)
+        _WARM_FAILED.add(str(app_dir))
         return False
     _forget([*_WARM["modules"], *_fedlab_modules()])
     if _WARM["dir"] in sys.path:
@@ -137,7 +144,7 @@ def _warm_app(app_dir: Path) -> bool:
     sys.path.insert(0, str(app_dir))
     try:
         importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - the children import it themselves, and report there
+    except BaseException:  # noqa: BLE001 - even SystemExit: the server goes on; the children import it themselves
         traceback.print_exc()
         ok = False
     else:
@@ -146,7 +153,9 @@ def _warm_app(app_dir: Path) -> bool:
               if str(getattr(m, "__file__", "") or "").startswith(str(app_dir) + os.sep)]
     if not ok:
         _forget(inside)
-        sys.path.remove(str(app_dir))
+        if str(app_dir) in sys.path:
+            sys.path.remove(str(app_dir))
+        _WARM_FAILED.add(str(app_dir))
         return False
     _WARM.update(dir=str(app_dir), modules=tuple(sorted(inside)))
     print(f"prefork: imported {module} from {app_dir} ({len(inside)} modules)", flush=True)
@@ -282,9 +291,12 @@ def serve(sock_path: Path, preload: tuple[str, ...] = PRELOAD, target: str = TAR
                         continue
                     sel.unregister(fd)
                     os.close(fd)
-                    app_dir = reports.pop(fd).decode()
-                    if app_dir and app_dir != _WARM["dir"]:
-                        _warm_app(Path(app_dir))
+                    app_dir = reports.pop(fd).decode(errors="replace")
+                    if app_dir and app_dir != _WARM["dir"] and app_dir not in _WARM_FAILED:
+                        try:
+                            _warm_app(Path(app_dir))
+                        except Exception:  # noqa: BLE001 - a warm import is an optimization: serve on without it
+                            traceback.print_exc()
                     continue
                 conn, _ = server.accept()
                 try:
@@ -367,6 +379,21 @@ def launch(argv: list[str], sock_path: str, fallback: str) -> int:
         trace.mark("launcher", "launched", t=trace.process_start(), node=trace.parent(os.getppid()))
     request = json.dumps({"argv": [fallback, *argv], "env": dict(os.environ), "cwd": os.getcwd(),
                           "launcher": os.getpid()}).encode()
+    child: list[int] = []  # the child's pid, once the server has said it
+    early: list[int] = []  # signals that came before: passed on as soon as the child is known
+
+    def relay(sig, _frame):
+        if not child:
+            early.append(sig)
+            return
+        try:
+            os.kill(child[0], sig)
+        except ProcessLookupError:
+            pass
+
+    # before the request: the child may run (and be signalled through this launcher) before its pid arrives here
+    signal.signal(signal.SIGINT, relay)
+    signal.signal(signal.SIGTERM, relay)
     socket.send_fds(conn, [_LEN.pack(len(request))], [0, 1, 2])
     conn.sendall(request)
     try:
@@ -374,15 +401,9 @@ def launch(argv: list[str], sock_path: str, fallback: str) -> int:
     except ConnectionError:
         print("flwr-clientapp launcher: the prefork server closed the connection", file=sys.stderr)
         return 1
-
-    def relay(sig, _frame):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-    signal.signal(signal.SIGINT, relay)
-    signal.signal(signal.SIGTERM, relay)
+    child.append(pid)
+    for sig in early:
+        relay(sig, None)
     try:
         (code,) = _PID.unpack(_recv_exact(conn, _PID.size))
     except ConnectionError:  # the server stopped: wait for the child itself

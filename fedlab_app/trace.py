@@ -8,8 +8,9 @@ to that file (one ``write`` per line, opened for appending: lines from concurren
   messages, ``pushed`` when they and their objects are on the SuperLink, ``replies`` when the last reply is
   in;
 - each SuperNode (``fedlab_app/flower_waits.py``, around Flower's loop): ``received`` when it has pulled a
-  message and its objects from the SuperLink, ``reply seen`` when its ClientApp's reply is in its store,
-  ``reply sent`` when the reply and its objects are on the SuperLink;
+  message and its objects from the SuperLink, ``reply seen`` when its loop finds its ClientApp's reply and
+  starts sending it, ``reply sent`` when the reply and its objects are on the SuperLink (or the send failed:
+  Flower logs that and goes on);
 - the ``flwr-clientapp`` launcher (``fedlab_app/prefork.py``): its process start (``launched``: the SuperExec
   started it), and the forked child, when it takes the launcher's request: ``started``, then around Flower's
   ``run_clientapp``: ``task pulled`` (message, context, run and FAB), ``fab installed``, ``app loaded``,
@@ -50,9 +51,10 @@ def mark(who: str, what: str, t: float | None = None, **fields) -> None:
 
 
 def about(msg) -> dict:
-    """A Flower message's round (its ``group_id``) and type, as the events carry them."""
+    """A Flower message's run, round (its ``group_id``) and type, as the events carry them."""
     group = str(msg.metadata.group_id)
-    return {"round": int(group) if group.isdigit() else group, "type": msg.metadata.message_type}
+    return {"run": msg.metadata.run_id, "round": int(group) if group.isdigit() else group,
+            "type": msg.metadata.message_type}
 
 
 def tag_rounds(msgs) -> None:
@@ -66,13 +68,14 @@ def tag_rounds(msgs) -> None:
 
 
 def process_start(pid: int | str = "self") -> float | None:
-    """When process ``pid`` started (Unix time; Linux ``/proc``), or None where that cannot be read."""
+    """When process ``pid`` started (Unix time; Linux ``/proc``, to a clock tick), or None where that cannot be
+    read. The boot time is ``time.time()`` less the time since boot, not ``/proc/stat``'s whole-second ``btime``
+    (up to 1 s early)."""
     try:
         ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
+        boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
         return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
 
 
@@ -116,36 +119,38 @@ STAGES = (
 
 
 def journeys(events: list[dict], message_type: str = "train") -> list[dict]:
-    """Per round and node: each stage's time after the round's ``send`` (seconds; None where the event is
-    missing), for ``message_type`` messages. A ClientApp's events are tied to its node through its launcher
-    (a child of the node's SuperExec, itself a child of the SuperNode), and its launch and fork to the round of
-    the message it then pulled."""
+    """Per run, round (an integer ``group_id``) and node: each stage's time after the round's first ``send``
+    (seconds; None where the event is missing), for ``message_type`` messages. A ClientApp's events are tied to
+    its node through its launcher (a child of the node's SuperExec, itself a child of the SuperNode), and its
+    launch and fork to the round of the message it then pulled."""
     server: dict[tuple, float] = {}
-    per_node: dict[tuple, dict] = {}
+    per_node: dict[tuple, dict] = {}  # (run, round, node) -> {event: time}
     launcher_node = {e["pid"]: e["node"] for e in events if e["who"] == "launcher"}
     launched = {e["pid"]: e["t"] for e in events if e["who"] == "launcher"}
     child = {e["pid"]: e for e in events if e["who"] == "clientapp" and e["what"] == "started"}
     for e in events:
-        if e.get("type") != message_type or "round" not in e:
+        if e.get("type") != message_type or not isinstance(e.get("round"), int):
             continue
+        run = e.get("run")
         if e["who"] == "server":
-            server.setdefault((e["round"], e["what"]), e["t"])
+            server.setdefault((run, e["round"], e["what"]), e["t"])
         elif e["who"] == "node":
-            per_node.setdefault((e["round"], e["node"]), {})[e["what"]] = e["t"]
+            per_node.setdefault((run, e["round"], e["node"]), {})[e["what"]] = e["t"]
         elif e["who"] == "clientapp" and e["pid"] in child:
             fork = child[e["pid"]]
-            got = per_node.setdefault((e["round"], launcher_node.get(fork.get("launcher"))), {})
+            got = per_node.setdefault((run, e["round"], launcher_node.get(fork.get("launcher"))), {})
             got.update({e["what"]: e["t"], "started": fork["t"]})
             if fork.get("launcher") in launched:
                 got["launched"] = launched[fork["launcher"]]
     out = []
-    for (rnd, node), got in sorted(per_node.items(), key=lambda kv: (str(kv[0][0]).zfill(12), str(kv[0][1]))):
-        if (rnd, "send") not in server:
+    order = sorted(per_node.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], str(kv[0][2])))
+    for (run, rnd, node), got in order:
+        if (run, rnd, "send") not in server:
             continue
-        t0 = server[(rnd, "send")]
-        row = {"round": rnd, "node": node}
+        t0 = server[(run, rnd, "send")]
+        row = {"run": run, "round": rnd, "node": node}
         for label, who, what in STAGES:
-            t = server.get((rnd, what)) if who == "server" else got.get(what)
+            t = server.get((run, rnd, what)) if who == "server" else got.get(what)
             row[label] = None if t is None else round(t - t0, 4)
         out.append(row)
     return out

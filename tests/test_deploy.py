@@ -20,7 +20,7 @@ import time
 import pytest
 from conftest import ROOT, needs_fmnist
 
-from fedlab_app import deploy
+from fedlab_app import deploy, trace
 
 pytestmark = [needs_fmnist, pytest.mark.slow]
 FEDLAB = str(ROOT / ".venv" / "bin" / "fedlab") if (ROOT / ".venv" / "bin" / "fedlab").exists() else "fedlab"
@@ -74,7 +74,15 @@ def rows(out) -> int:
 def federation(tmp_path_factory):
     d = tmp_path_factory.mktemp("deploy")
     port = free_port_block(4)
-    deploy.up(d, 3, port=port)
+    before = os.environ.get(trace.ENV)
+    os.environ[trace.ENV] = str(d / "trace.jsonl")  # the federation's processes keep it (fedlab_app/trace.py)
+    try:
+        deploy.up(d, 3, port=port)
+    finally:
+        if before is None:
+            del os.environ[trace.ENV]
+        else:
+            os.environ[trace.ENV] = before
     try:
         yield d, port
     finally:
@@ -92,6 +100,24 @@ def test_federation_with_tls_auth_failures(federation, tmp_path):
     assert summary["comm"]["messages"] == 12 and summary["failures"] == 0
     assert "BEGIN CERTIFICATE" in (d / "certs" / "ca.crt").read_text()
     assert "--enable-supernode-auth" in deploy.load_state(d)["processes"][0]["cmd"]
+    # every training message's journey was traced, stage by stage, in order, through the warm ClientApp path
+    journeys = trace.journeys(trace.read(d / "trace.jsonl"))
+    assert len({r["run"] for r in journeys}) == 1 and len(journeys) == 6, journeys  # 2 rounds x 3 nodes
+    order = [label for label, *_ in trace.STAGES]
+    for r in journeys:
+        assert all(r[k] is not None for k in order), r
+        # in one process, strictly in order; across processes within 0.5 s (each marks after its own step
+        # returns); an event put in the wrong round or node would be off by a round (seconds)
+        for a, b in (("server sends", "server pushed"), ("child started", "task pulled"),
+                     ("task pulled", "FAB installed"), ("FAB installed", "app loaded"), ("app loaded", "handler"),
+                     ("handler", "trained"), ("trained", "reply pushed to node"),
+                     ("node has message", "node has reply"), ("node has reply", "reply on SuperLink")):
+            assert r[a] <= r[b], (a, b, r)
+        for a, b in (("server pushed", "node has message"), ("launcher started", "child started"),
+                     ("node has message", "task pulled"), ("reply pushed to node", "node has reply"),
+                     ("reply on SuperLink", "server has replies")):
+            assert r[a] <= r[b] + 0.5, (a, b, r)
+    assert "imported fedlab_app.client_app from" in (d / "logs" / "prefork.log").read_text()
 
     # 2. an unregistered SuperNode is refused
     key, _ = deploy.make_node_key(d / "keys" / "rogue")

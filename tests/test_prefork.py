@@ -89,18 +89,28 @@ r, w = os.pipe()
 prefork._use_warm_app(w)
 loader = rc.get_load_client_app_fn("", None, True)
 app = loader("pub/toy", "1.0.0", "a" * 64)
-print("same", app is warm.app, warm.__file__.startswith(A), os.read(r, 4096).decode() == A)
+print("same", app is warm.app, sys.modules["toyapp.client"] is warm, warm.__file__.startswith(A),
+      os.read(r, 4096).decode() == A)
 other = loader("pub/toy", "1.0.0", "b" * 64)
 print("other", other == "B", sys.modules["toyapp.client"].__file__.startswith(B), os.read(r, 4096).decode() == B)
+prefork._warm_app(A)  # warm again; a child told FEDLAB_WARM_APP=0 must not see it
+import socket
+seen = []
+prefork._entry = lambda target: (lambda: seen.append(("toyapp.client" in sys.modules, A in sys.path)) or 0)
+mine, _ = socket.socketpair()
+code = prefork._run_child(mine, [os.dup(0), os.dup(1), os.dup(2)], {{"cwd": os.getcwd(), "argv": ["x"],
+                          "env": {{**os.environ, "FEDLAB_WARM_APP": "0"}}}}, prefork.TARGET)
+print("cold child", code, seen)
 '''
 
 
 def test_the_server_imports_the_installed_app_and_a_child_uses_it_only_for_that_fab(tmp_path):
     """_warm_app imports the ClientApp module from an installed app directory; in a child, Flower's loader then
     gets that very module for a run whose FAB is installed there, and for another FAB (another directory) the
-    warm modules are forgotten and the app comes from its own directory. Each load is reported."""
+    warm modules are forgotten and the app comes from its own directory. Each load is reported. A child told
+    FEDLAB_WARM_APP=0 starts without the warm modules and without their directory on sys.path."""
     dirs = []
-    for h, value in (("a", "'A'"), ("b", "'B'")):
+    for h, value in (("a", "object()"), ("b", "'B'")):  # A: an object only that very module holds
         d = tmp_path / "home" / "apps" / f"pub.toy.1.0.0.{h * 8}"
         (d / "toyapp").mkdir(parents=True)
         (d / "pyproject.toml").write_text('[tool.flwr.app.components]\nclientapp = "toyapp.client:app"\n')
@@ -111,5 +121,35 @@ def test_the_server_imports_the_installed_app_and_a_child_uses_it_only_for_that_
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "FLWR_HOME": str(tmp_path / "home")})
     assert res.stdout.splitlines() == [f"prefork: imported toyapp.client from {dirs[0]} (2 modules)",
-                                       "warmed True ('toyapp', 'toyapp.client')", "same True True True",
-                                       "other True True True"], res.stdout + res.stderr[-3000:]
+                                       "warmed True ('toyapp', 'toyapp.client')", "same True True True True",
+                                       "other True True True",
+                                       f"prefork: imported toyapp.client from {dirs[0]} (2 modules)",
+                                       "cold child 0 [(False, False)]"], res.stdout + res.stderr[-3000:]
+
+
+def test_a_signal_before_the_childs_pid_is_known_still_reaches_it(tmp_path):
+    """The launcher installs its relay before it sends the request: a SIGTERM that comes while it waits for the
+    child's pid (here: a server that answers late) is passed on once the pid is known, not lost and not fatal."""
+    sock = tmp_path / "slow.sock"
+    code = ("import os, signal, socket, sys, time; sys.path.insert(0, %r); from fedlab_app import prefork\n"
+            "srv = socket.socket(socket.AF_UNIX); srv.bind(%r); srv.listen(1); conn, _ = srv.accept()\n"
+            "head, fds, _, _ = socket.recv_fds(conn, 8, 3)\n"
+            "child = os.fork()\n"
+            "if child == 0:\n"
+            "    signal.signal(signal.SIGTERM, lambda *_: os._exit(7)); time.sleep(60); os._exit(0)\n"
+            "time.sleep(1.0)  # the launcher is signalled meanwhile\n"
+            "conn.sendall(prefork._PID.pack(child)); _, status = os.waitpid(child, 0)\n"
+            "conn.sendall(prefork._PID.pack(os.waitstatus_to_exitcode(status)))\n" % (str(ROOT), str(sock)))
+    server = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        t0 = time.monotonic()
+        while not sock.exists():
+            assert server.poll() is None and time.monotonic() - t0 < 30, "the stand-in server did not start"
+            time.sleep(0.05)
+        launcher = subprocess.Popen([str(prefork.write_launcher(tmp_path / "bin", sock, Path("/bin/false")))])
+        time.sleep(0.5)  # connected, waiting for the pid
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(30) == 7  # the child got the SIGTERM (its handler exits 7), the launcher survived
+    finally:
+        server.kill()
+        server.wait(10)

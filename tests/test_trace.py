@@ -21,9 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_nothing_is_written_without_the_variable(monkeypatch, tmp_path):
-    monkeypatch.delenv(trace.ENV, raising=False)
-    trace.mark("server", "send", round=1)
-    assert not trace.enabled() and list(tmp_path.iterdir()) == []
+    monkeypatch.chdir(tmp_path)
+    for unset in (None, ""):  # unset, or empty (an empty path would fail to open)
+        if unset is None:
+            monkeypatch.delenv(trace.ENV, raising=False)
+        else:
+            monkeypatch.setenv(trace.ENV, unset)
+        trace.mark("server", "send", round=1)
+        assert not trace.enabled() and list(tmp_path.iterdir()) == []
     monkeypatch.setenv(trace.ENV, str(tmp_path / "t.jsonl"))
     trace.mark("server", "send", t=12.5, round=1, type="train")
     trace.mark("node", "received", round=1, type="train", node=7)
@@ -48,10 +53,11 @@ def test_rounds_travel_as_group_id(_task_identity):
             Message(RecordDict({"config": ConfigRecord({"server-round": 4})}), dst_node_id=1, message_type="train",
                     group_id="mine")]
     trace.tag_rounds(msgs)
-    assert [trace.about(m) for m in msgs] == [{"round": 4, "type": "train"}, {"round": "", "type": "train"},
-                                              {"round": "mine", "type": "train"}]
+    assert [trace.about(m) for m in msgs] == [{"run": 1, "round": 4, "type": "train"},
+                                              {"run": 1, "round": "", "type": "train"},
+                                              {"run": 1, "round": "mine", "type": "train"}]
     reply = Message(RecordDict(), reply_to=msgs[0])
-    assert trace.about(reply) == {"round": 4, "type": "train"}  # a reply keeps its message's round
+    assert trace.about(reply) == {"run": 1, "round": 4, "type": "train"}  # a reply keeps its message's round
 
 
 def test_journeys_put_each_messages_events_together():
@@ -68,9 +74,14 @@ def test_journeys_put_each_messages_events_together():
           {"t": 50.7, "pid": 200, "who": "node", "what": "received", "node": 200, "round": 3, "type": "train"},
           {"t": 52.0, "pid": 1, "who": "server", "what": "replies", "round": 3, "type": "train"},
           {"t": 49.0, "pid": 1, "who": "server", "what": "send", "round": "", "type": "query"},  # other type
-          {"t": 53.0, "pid": 300, "who": "node", "what": "received", "node": 300, "round": 4, "type": "train"}]
+          {"t": 53.0, "pid": 300, "who": "node", "what": "received", "node": 300, "round": 4, "type": "train"},
+          {"t": 60.0, "pid": 1, "who": "server", "what": "send", "round": 3, "type": "train", "run": 9},  # run 9
+          {"t": 60.4, "pid": 100, "who": "node", "what": "received", "node": 100, "round": 3, "type": "train",
+           "run": 9}]
     rows = trace.journeys(ev)
-    assert [(r["round"], r["node"]) for r in rows] == [(3, 100), (3, 200)]  # round 4 was never sent
+    assert [(r["run"], r["round"], r["node"]) for r in rows] == [(9, 3, 100), (None, 3, 100), (None, 3, 200)]
+    assert rows[0]["node has message"] == 0.4 and rows[0]["trained"] is None  # run 9 kept apart
+    rows = rows[1:]  # round 4 was never sent
     a, b = rows
     assert (a["server sends"], a["server pushed"], a["node has message"], a["launcher started"]) == (0, 0.2, 0.5, 0.1)
     assert (a["child started"], a["task pulled"], a["trained"], a["reply on SuperLink"]) == (0.3, 0.6, 1.0, 1.4)
@@ -81,13 +92,13 @@ def test_journeys_put_each_messages_events_together():
 def test_the_supernode_loop_is_marked_around_flowers_steps(monkeypatch, tmp_path):
     from flwr.supernode import start_client_internal as loop
 
-    msg = SimpleNamespace(metadata=SimpleNamespace(group_id="2", message_type="train"))
+    msg = SimpleNamespace(metadata=SimpleNamespace(group_id="2", message_type="train", run_id=6))
     calls = []
 
-    def pull(*, state, receive):  # Flower's step: pull a message (None: nothing there), store it
+    def pull(*, state, receive):  # Flower's step: pull a message and its objects, store it (None: nothing stored)
         got = receive()
         calls.append(("pull", state))
-        return None if got is None else 5
+        return None if got is None or state == "objects failed" else 5
 
     def push(*, state, send):
         calls.append(("push", send(msg, "tree", 0.1)))
@@ -97,13 +108,14 @@ def test_the_supernode_loop_is_marked_around_flowers_steps(monkeypatch, tmp_path
     monkeypatch.setenv(trace.ENV, str(tmp_path / "t.jsonl"))
     flower_waits.trace_node_loop()
     assert loop._pull_and_store_message(state="s", receive=lambda: None) is None
-    assert not (tmp_path / "t.jsonl").exists()  # an empty poll is not an event
+    assert loop._pull_and_store_message(state="objects failed", receive=lambda: (msg, "tree")) is None
+    assert not (tmp_path / "t.jsonl").exists()  # an empty poll, or a message not stored, is not an event
     assert loop._pull_and_store_message(state="s", receive=lambda: (msg, "tree")) == 5
     loop._push_messages(state="s", send=lambda m, tree, rt: ({"ids"}, "session"))
     ev = trace.read(tmp_path / "t.jsonl")
-    assert [(e["who"], e["what"], e["round"], e["type"], e["node"]) for e in ev] == [
-        ("node", w, 2, "train", ev[0]["pid"]) for w in ("received", "reply seen", "reply sent")]
-    assert calls == [("pull", "s"), ("pull", "s"), ("push", ({"ids"}, "session"))]
+    assert [(e["who"], e["what"], e["run"], e["round"], e["type"], e["node"]) for e in ev] == [
+        ("node", w, 6, 2, "train", ev[0]["pid"]) for w in ("received", "reply seen", "reply sent")]
+    assert calls == [("pull", "s"), ("pull", "objects failed"), ("pull", "s"), ("push", ({"ids"}, "session"))]
 
 
 def test_a_clientapp_reuses_the_app_its_fab_installed_and_only_that(monkeypatch, tmp_path):
@@ -154,7 +166,11 @@ def test_the_superlinks_superexec_asks_at_its_own_interval(monkeypatch, tmp_path
     deploy.save_state(tmp_path, {"processes": []})
     deploy.start_superlink(tmp_path, "127.0.0.1", 9999, tls=False, auth=False)
     deploy.start_process(tmp_path, "supernode0", ["true"])
-    superlink, node = started
+    deploy.start_process(tmp_path, "superlink", ["true"])  # as `fedlab deploy restart` starts it again
+    superlink, node, restarted = started
     assert superlink["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == deploy.SUPERLINK_EXEC_POLL_S == "1.0"
+    assert restarted["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "1.0"
     assert node["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == deploy.SUPEREXEC_POLL_S == "0.1"
     assert json.loads((tmp_path / "state.json").read_text())["processes"][0]["name"] == "superlink"
+    monkeypatch.setenv("FEDLAB_SUPERLINK_EXEC_POLL_S", "0.3")
+    assert deploy.process_env(tmp_path, "superlink")["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.3"
