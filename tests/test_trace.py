@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from fedlab_app import deploy, flower_waits, prefork, trace
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_nothing_is_written_without_the_variable(monkeypatch, tmp_path):
@@ -139,16 +134,34 @@ def test_a_clientapp_reuses_the_app_its_fab_installed_and_only_that(monkeypatch,
     assert len(installs) == 3
 
 
-def test_the_serverapps_object_pulls_retry_sooner():
-    """In a fresh process (the setting is process-wide): the deployed grid's pulls of a reply's objects start
-    retrying after FIRST_PULL_RETRY_S once the ServerApp wraps its grid (FEDLAB_SERVER_PULL_RETRY=0: Flower's 1 s)."""
-    code = ("import sys; sys.path.insert(0, %r); from fedlab_app.driver import PromptGrid; "
-            "from flwr.superlink.grid import http_grid; k = http_grid.pull_objects.__kwdefaults__; "
-            "before = k['initial_backoff']; PromptGrid(object()); print(before, k['initial_backoff'])" % str(ROOT))
-    for env, after in (({}, str(flower_waits.FIRST_PULL_RETRY_S)), ({"FEDLAB_SERVER_PULL_RETRY": "0"}, "1")):
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                             env={**__import__("os").environ, **env})
-        assert res.stdout.split() == ["1", after], res.stderr[-2000:]
+@pytest.fixture
+def _flowers_pull_defaults():
+    """Flower's object-pull retry settings (process-wide), put back after the test."""
+    from flwr.supercore.inflatable import inflatable_utils as utils
+
+    saved = {name: dict(getattr(utils, name).__kwdefaults__)
+             for name in ("pull_objects", "pull_and_inflate_object_from_tree")}
+    yield
+    for name, defaults in saved.items():
+        getattr(utils, name).__kwdefaults__.update(defaults)
+
+
+def test_the_serverapps_object_pulls_retry_sooner(_flowers_pull_defaults, monkeypatch):
+    """The deployed grid's pulls of a reply's objects start retrying after FIRST_PULL_RETRY_S once the ServerApp
+    wraps its grid; FEDLAB_SERVER_PULL_RETRY=0 keeps Flower's 1 s."""
+    from flwr.superlink.grid import http_grid
+
+    from fedlab_app.driver import PromptGrid
+
+    defaults = http_grid.pull_objects.__kwdefaults__  # the function the deployed grid calls, by that name
+    assert defaults["initial_backoff"] == 1
+    monkeypatch.setenv("FEDLAB_SERVER_PULL_RETRY", "0")
+    PromptGrid(object())
+    assert defaults["initial_backoff"] == 1
+    monkeypatch.delenv("FEDLAB_SERVER_PULL_RETRY")
+    PromptGrid(object())
+    assert defaults["initial_backoff"] == flower_waits.FIRST_PULL_RETRY_S
+    assert defaults["backoff_cap"] == flower_waits.PULL_RETRY_CAP_S
 
 
 def test_the_superlinks_superexec_asks_at_its_own_interval(monkeypatch, tmp_path):
