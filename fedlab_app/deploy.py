@@ -145,7 +145,8 @@ def process_env(d: Path, name: str) -> dict[str, str]:
     SuperExec's own interval (:data:`SUPERLINK_EXEC_POLL_S`; ``FEDLAB_SUPERLINK_EXEC_POLL_S`` overrides it)."""
     env = flwr_env(d)
     if name == "superlink":
-        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = os.environ.get("FEDLAB_SUPERLINK_EXEC_POLL_S", SUPERLINK_EXEC_POLL_S)
+        own = os.environ.get("FEDLAB_SUPERLINK_EXEC_POLL_S", SUPERLINK_EXEC_POLL_S)
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = own
     return env
 
 

@@ -67,14 +67,18 @@ def tag_rounds(msgs) -> None:
                 m.metadata.group_id = str(rnd)
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (Linux)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_start(pid: int | str = "self") -> float | None:
     """When process ``pid`` started (Unix time; Linux ``/proc``, to a clock tick), or None where that cannot be
     read. The boot time is ``time.time()`` less the time since boot, not ``/proc/stat``'s whole-second ``btime``
     (up to 1 s early)."""
     try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
         boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
+        return boot + int(_stat(pid)[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, AttributeError):
         return None
 
@@ -82,7 +86,7 @@ def process_start(pid: int | str = "self") -> float | None:
 def parent(pid: int) -> int | None:
     """The parent of process ``pid`` (Linux ``/proc``), or None."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return int(_stat(pid)[1])
     except (OSError, ValueError, IndexError):
         return None
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -187,3 +189,20 @@ def test_the_superlinks_superexec_asks_at_its_own_interval(monkeypatch, tmp_path
     assert json.loads((tmp_path / "state.json").read_text())["processes"][0]["name"] == "superlink"
     monkeypatch.setenv("FEDLAB_SUPERLINK_EXEC_POLL_S", "0.3")
     assert deploy.process_env(tmp_path, "superlink")["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.3"
+
+
+def test_process_start_and_parent_from_proc():
+    import os
+    import time
+
+    before = time.time()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        started = trace.process_start(proc.pid)
+        # to a clock tick (10 ms) and this clock's drift against the boot clock, not a whole second early
+        assert started is not None and before - 0.05 <= started <= time.time(), (before, started)
+        assert trace.parent(proc.pid) == os.getpid() and trace.parent(os.getpid()) == os.getppid()
+        assert trace.process_start(2**22 + 7) is None and trace.parent(2**22 + 7) is None  # no such process
+    finally:
+        proc.kill()
+        proc.wait()
