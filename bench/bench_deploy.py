@@ -21,10 +21,12 @@ The default federation is ``fedlab deploy up``'s: ClientApp processes forked war
 turn with the others (see ``VARIANTS``): ``--cold``, Flower's own SuperNode and wire (``flwr-clientapp`` as a
 fresh Python per message, plain ``flower-supernode``, arrays one by one); ``--per-array``, the default but arrays
 one by one; ``--flower-node-poll``, the default but plain ``flower-supernode``; ``--baseline``, Flower's own
-polling everywhere (also its SuperExec's 1 s and a ServerApp asking for replies every 3 s).
+polling everywhere (also its SuperExec's 1 s and a ServerApp asking for replies every 3 s); ``--before``, the
+default without the four changes the trace found; ``--in-turn``, the default with each round recorded before the next
+one is sent (``FEDLAB_OVERLAP_EVAL=0``).
 
 Usage: ``.venv/bin/python bench/bench_deploy.py [--reps 2] [--rounds 5] [--cold] [--per-array] [--flower-node-poll]
-[--baseline] [--out results/bench/deploy.json]``
+[--baseline] [--before] [--in-turn] [--trace] [--out results/bench/deploy.json]``
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ VARIANTS = {  # name -> (flag, help, deploy.up keyword arguments, environment of
                   {}, FLOWER_WIRE),
     "flower_node_poll": ("--flower-node-poll", "also a warm federation of plain flower-supernode processes "
                          "(3 s idle wait, 1 s first object retry)", {"poll": None}, {}),
+    "in_turn": ("--in-turn", "also the default federation with each round recorded before the next one is sent "
+                "(FEDLAB_OVERLAP_EVAL=0; fedlab_app/overlap.py)", {}, {"FEDLAB_OVERLAP_EVAL": "0"}),
     "flower_polling": ("--baseline", "also Flower's own polling everywhere (plain flower-supernode, SuperExec 1 s, "
                        "ServerApp replies 3 s), cold ClientApps, arrays one by one", {"warm": False, "poll": None},
                        {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0", "FEDLAB_REPLY_POLL_S": "3", **FLOWER_WIRE}),

@@ -6,6 +6,8 @@
   0 sends the arrays one by one.
 - ``FEDLAB_SIM_SHORT_POLL``: the simulation engine's message poll and the grid's reply poll every 5 ms
   (``fedlab_app/sim_waits.py``); 0 keeps Flower's 0.1 s.
+- ``FEDLAB_OVERLAP_EVAL``: round r's record (evaluation, metrics row, checkpoint) is made in a thread beside the
+  server's step on round r+1's replies (``fedlab_app/overlap.py``); 0 makes it before round r+1 is sent.
 
 Each pair launches `fedlab run rounds=R [overrides]` (a fresh process, as a user would) once each way,
 alternating which goes first, and records the launch to the end of round 1 (its metrics row on disk), the
@@ -18,6 +20,10 @@ steady rounds and the process tree's peak PSS (``bench_round.fedlab_run``, sampl
     python bench/bench_env_ab.py --var FEDLAB_SIM_SHORT_POLL --pairs 3 --rounds 6 \
         --out results/bench/sim_poll_c01.json \
         num_clients=1000 strategy.fraction_train=0.1
+    python bench/bench_env_ab.py --var FEDLAB_OVERLAP_EVAL --pairs 3 --rounds 6 \
+        --out results/bench/overlap_eval_dpsgd_256.json \
+        strategy=dpsgd strategy.matrix=exponential num_clients=256 client.local_steps=5 strategy.node_eval_samples=0
+    python bench/bench_env_ab.py --pool A.json B.json   # the pairs of several files: mean difference, 95% CI
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from bench_round import fedlab_run  # noqa: E402
 
 
 OUT = {"FEDLAB_RAY_LEAN": "ray_lean.json", "FEDLAB_FLAT_WIRE": "flat_wire_sim.json",
-       "FEDLAB_SIM_SHORT_POLL": "sim_poll.json"}
+       "FEDLAB_SIM_SHORT_POLL": "sim_poll.json", "FEDLAB_OVERLAP_EVAL": "overlap_eval.json"}
 
 
 def one(var: str, on: bool, rounds: int, overrides: list[str]) -> dict:
@@ -48,7 +54,27 @@ def one(var: str, on: bool, rounds: int, overrides: list[str]) -> dict:
         os.environ.pop(var, None)
 
 
+def pool(files: list[str]) -> dict:
+    """Pair the runs of one or more result files (the i-th run with the switch on against the i-th off, which
+    ran beside it) and summarize the differences of their steady-round medians (off - on): mean and 95% CI."""
+    from fedlab_app.stats import summarize
+
+    diffs, rows = [], []
+    for f in files:
+        runs = json.loads(Path(f).read_text())["runs"]
+        on, off = (runs["lean"], runs["full"]) if "lean" in runs else (runs["on"], runs["off"])
+        for a, b in zip(on, off):
+            x, y = statistics.median(a["steady_rounds_s"]), statistics.median(b["steady_rounds_s"])
+            diffs.append(y - x)
+            rows.append({"file": f, "on_s": round(x, 3), "off_s": round(y, 3), "off_minus_on_s": round(y - x, 3)})
+    s = summarize(diffs)
+    return {"pairs": rows, "mean_off_minus_on_s": s.mean, "ci95_s": [s.low, s.high], "n": s.n}
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--pool"]:  # python bench/bench_env_ab.py --pool A.json B.json
+        print(json.dumps(pool(sys.argv[2:]), indent=1))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--var", choices=sorted(OUT), default="FEDLAB_RAY_LEAN")
     ap.add_argument("--pairs", type=int, default=4)
@@ -69,7 +95,10 @@ def main() -> None:
                                "with Ray's full set (FEDLAB_RAY_LEAN=0)",
             "FEDLAB_FLAT_WIRE": "with arrays crossing Flower flat (FEDLAB_FLAT_WIRE=1) and one by one (=0)",
             "FEDLAB_SIM_SHORT_POLL": "with the simulation engine's two polls every 5 ms (FEDLAB_SIM_SHORT_POLL=1) and "
-                                     "every 0.1 s, Flower's own (=0)"}[args.var]
+                                     "every 0.1 s, Flower's own (=0)",
+            "FEDLAB_OVERLAP_EVAL": "with round r's record (evaluation, row, checkpoint) made in a thread beside the "
+                                   "server's step on round r+1's replies (FEDLAB_OVERLAP_EVAL=1) and before round r+1 "
+                                   "is sent (=0)"}[args.var]
     res = {"what": f"`fedlab run rounds=R {' '.join(args.overrides)}` {what}, interleaved pairs",
            "command": f"python bench/bench_env_ab.py --var {args.var} --pairs {args.pairs} --rounds {args.rounds} "
                       + (f"--out {args.out} " if args.out else "") + " ".join(args.overrides),

@@ -86,13 +86,13 @@ def main() -> None:
                              (sync.SyncMode, "round", "round (train + aggregate)"),
                              (ray_start, "start", "Ray up (taken over or started)")]:
         traced(mod, name, label)
-    end = Recorder.end_of_round
+    end = Recorder._complete_round  # the round's record, whether made in turn or beside the next round
 
-    def end_of_round(self, rnd, *a, **k):
+    def complete_round(self, rnd, *a, **k):
         out = end(self, rnd, *a, **k)
         mark(f"end of round {rnd} (evaluation, checkpoint)")
         return out
-    Recorder.end_of_round = end_of_round
+    Recorder._complete_round = complete_round
     tmp, clients = TMP, TMP / "clients.jsonl"
     sys.argv = ["fedlab", *ARGV]
     try:

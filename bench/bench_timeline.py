@@ -38,7 +38,9 @@ STEPS = {  # module -> (attribute path, label)
     "strategies.gossip_stacked": [("mix", "mix"), ("local_update", "local update"), ("debias", "debias")],
     "strategies.gossip": [("consensus", "consensus"), ("consensus_distance", "consensus distance")],
     "strategies.sync": [("SyncMode.round", "round (sync)"), ("send_packed", "exchange (sync)")],
-    "fedlab_app.recorder": [("Recorder.end_of_round", "end of round"), ("CentralEvaluator.__call__", "evaluation")],
+    "fedlab_app.recorder": [("Recorder.end_of_round", "end of round"), ("CentralEvaluator.__call__", "evaluation"),
+                            ("Recorder._complete_round", "round's record (evaluation, row, checkpoint; overlapped "
+                                                         "with the next exchange unless FEDLAB_OVERLAP_EVAL=0)")],
     "fedlab_app.results": [("RunDir.save_checkpoint", "checkpoint (bytes; written in the background)")],
 }
 

@@ -16,6 +16,7 @@ from typing import Any
 from flwr.app import Message
 
 from fedlab_app import trace, wire
+from fedlab_app.overlap import Overlap, RunEnded
 
 
 def message_bytes(msg: Message) -> int:
@@ -103,6 +104,7 @@ class CountingGrid:
         self.node_names = node_names if node_names is not None else {}
         self.round_bytes: dict = defaultdict(int)
         self._asked: dict[str, int] = {}  # message id -> node id of every message sent
+        self.overlap = Overlap()  # the last round's record, started when the next exchange's replies are in
 
     def __getattr__(self, name: str) -> Any:  # get_node_ids, run, ... pass through
         return getattr(self._grid, name)
@@ -147,8 +149,9 @@ class CountingGrid:
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None,
                          count: str | None = "both") -> list[Message]:
         """Send, wait for the replies, and count (``count``: "both", "down" only, or None; errors count as
-        messages of 0 bytes). Counting happens after the replies arrive so that a node is named by the
-        partition id its reply carries (node ids are random per run; partition ids survive a resume).
+        messages of 0 bytes); then start the last round's deferred record (:mod:`fedlab_app.overlap`). Counting
+        happens after the replies arrive so that a node is named by the partition id its reply carries (node ids
+        are random per run; partition ids survive a resume).
         Every message sent and received is counted as transport, whatever ``count`` says."""
         messages = list(messages)
         if messages and trace.enabled():
@@ -156,6 +159,8 @@ class CountingGrid:
             trace.mark("server", "send", **trace.about(messages[0]))
         with wire.flat_while_sent(messages, self.flat):
             replies = wire.decoded(self._grid.send_and_receive(messages, timeout=timeout))
+        if self.overlap.start():  # the last round's record starts beside the server's step on these replies
+            raise RunEnded("an earlier round's evaluation ended the run; this round's replies are dropped")
         if messages and trace.enabled():
             trace.mark("server", "replies", **trace.about(messages[0]))
         self._carried(messages)

@@ -29,11 +29,13 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 import strategies
 from clients.schedule import lr_at, scaled_lr
-from fedlab_app import flower_waits, plots, trace, wire
+from fedlab_app import flower_waits, overlap, plots, trace, wire
 from fedlab_app.comm import CountingGrid
 from fedlab_app.config import Config
+from fedlab_app.interrupt import RunInterrupted
 from fedlab_app.local import Node
 from fedlab_app.models import build_model
+from fedlab_app.overlap import RunEnded
 from fedlab_app.partition import label_counts
 from fedlab_app.planner import RoundPlanner
 from fedlab_app.recorder import Recorder
@@ -238,23 +240,45 @@ def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
     workers: dict[str, int] = dict(extra.get("workers", {}))  # machine / Ray node -> replies it trained
     try:
         _rounds(ctx, rec, mode, cgrid, total, workers)
-    except BaseException:  # a failed or stopped run: the checkpoint still being written lands (or is dropped) first
+    except BaseException as exc:  # a failed or stopped run: the checkpoint being written lands (or is dropped) first
+        if cgrid is not None:  # the last rounds' records first; a failure before the next exchange keeps its round
+            _settle_quietly(cgrid.overlap, isinstance(exc, Exception) and not isinstance(exc, RunInterrupted))
         run_dir.wait_for_checkpoint(raise_error=False)
         raise
     rec.extra_summary = {**mode.finish(), **({"workers": workers} if workers else {})}
     return rec.finish()
 
 
+def _settle_quietly(records: overlap.Overlap, run_pending: bool) -> None:
+    """Finish the deferred records on the way out of a failed run; their own error is only logged."""
+    try:
+        records.settle(run_pending)
+    except Exception as exc:  # noqa: BLE001 (the run's own error is the one raised)
+        log.error("could not record the last round: %s", exc)
+
+
 def _rounds(ctx: RunContext, rec: Recorder, mode: Any, cgrid: CountingGrid | None, total: int,
             workers: dict[str, int]) -> None:
-    """The round loop of :func:`run`, from the round after the last one saved to ``total``."""
+    """The round loop of :func:`run`, from the round after the last one saved to ``total``.
+
+    With a mode that allows it (``overlaps_end_of_round``), round r's record (evaluation, metrics row, checkpoint)
+    is made in a thread while the server works on round r+1's replies (``fedlab_app/overlap.py``); the results
+    are the same. The first round this process runs and the last are recorded in turn. ``FEDLAB_OVERLAP_EVAL=0``:
+    each round is recorded before the next is sent.
+    """
     cfg = ctx.cfg
-    for rnd in range(rec.state.server_round + 1, total + 1):
+    records = cgrid.overlap if cgrid is not None and overlap.ENABLED and getattr(
+        mode, "overlaps_end_of_round", False) else None
+    first = rec.state.server_round + 1  # recorded in turn: its progress line comes at once
+    for rnd in range(first, total + 1):
         lr = ctx.lr(rnd)
         plan = RoundPlan(rnd, lr, cfg.client.local_epochs, ctx.planner.steps(rnd, lr))
         if cgrid is not None:
             cgrid.begin_round()
-        out = mode.round(plan, cgrid)
+        try:
+            out = mode.round(plan, cgrid)
+        except RunEnded:  # an earlier round's evaluation found the run diverged
+            break
         if out.clock_s is not None:
             rec.state.sim_time_s = out.clock_s
         elif out.duration_s is not None:
@@ -272,5 +296,6 @@ def _rounds(ctx: RunContext, rec: Recorder, mode: Any, cgrid: CountingGrid | Non
         if mode.uses_nodes:
             row["local_steps"] = sum(float(m["steps"]) for m in out.metrics) / max(len(out.metrics), 1)
         if rec.end_of_round(rnd, out.arrays, lr, out.clients, train_loss, mean_over_examples(out.metrics, "train-acc"),
-                            extra={"planner": ctx.planner.state(), "mode": mode.state(), "workers": workers}, row=row):
+                            extra={"planner": ctx.planner.state(), "mode": mode.state(), "workers": dict(workers)},
+                            row=row, overlap=records if rnd > first else None):
             break

@@ -7,6 +7,7 @@ detects divergence, and writes the summary and the plots at the end.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -20,6 +21,7 @@ from fedlab_app import heap, plots
 from fedlab_app.comm import Ledger
 from fedlab_app.config import Config, flatten, to_nested
 from fedlab_app.models import build_model, use_channels_last
+from fedlab_app.overlap import Overlap
 from fedlab_app.results import RunDir
 from fedlab_app.splits import make_splits
 
@@ -116,6 +118,7 @@ class Recorder:
         self.t_start = time.perf_counter()
         self.final_arrays: dict[str, np.ndarray] | None = None  # the last round's model
         self.extra_summary: dict = {}  # more summary.json fields from the loop (e.g. staleness)
+        self.stopped_at: dict | None = None  # the loop state of the round whose evaluation diverged
 
     def start(self) -> tuple[dict[str, np.ndarray] | None, dict]:
         """Create the run directory, or resume it: returns the checkpointed ``(arrays, extra)`` or ``(None, {})``."""
@@ -140,49 +143,85 @@ class Recorder:
         return rnd % self.cfg.eval.every == 0 or rnd == self.total
 
     def end_of_round(self, rnd: int, arrays: dict[str, np.ndarray], lr: float, clients: int, train_loss: float,
-                     train_acc: float, extra: dict | None = None, row: dict | None = None) -> bool:
+                     train_acc: float, extra: dict | None = None, row: dict | None = None,
+                     overlap: Overlap | None = None) -> bool:
         """Evaluate (when due), record and checkpoint round ``rnd``; True when the run must stop (diverged, stop_after).
 
         ``extra``: tensors the checkpoint must hold besides the model; ``row``: more metrics.csv columns.
+
+        ``overlap``: the round's record (evaluation, metrics row, checkpoint) is deferred there, to be made beside
+        the next round's server step (``fedlab_app/overlap.py``). The round's numbers (wall time, counts, the loop
+        state) are taken now and the model is copied; ``extra``'s tensors must not change in place afterwards (the
+        modes that offer it promise so, ``strategies/modes.py``). A round that ends the run (the last, stop_after,
+        a training loss that exploded) is recorded at once, after the deferred ones; True then also when one of
+        those found the run diverged (this round is not recorded).
         """
         cfg, st = self.cfg, self.state
         st.server_round = rnd
         self.final_arrays = arrays
         st.wall_time_s = time.perf_counter() - self.t_start
-        num_classes = self.evaluator.data.num_classes
-        diverged = is_diverged(train_loss, num_classes)
-        if self.eval_due(rnd) or diverged:
-            self.last_eval = self.evaluator(arrays)
-            heap.trim()  # the evaluation's freed activations back to the system (fedlab_app/heap.py)
-            diverged = diverged or is_diverged(self.last_eval.get("test_loss", 0.0), num_classes)
-            led = st.ledger
-            self.run_dir.append_metrics({
-                "round": rnd, "wall_time_s": st.wall_time_s, "sim_time_s": st.sim_time_s, "lr": lr,
-                "clients": clients, **(row or {}), "failures": st.failures, "train_loss": train_loss, "train_acc": train_acc,
-                **self.last_eval, "messages": led.total_messages, "bytes": led.total_bytes,
-                "messages_down": led.messages["down"], "messages_up": led.messages["up"],
-                "bytes_down": led.bytes["down"], "bytes_up": led.bytes["up"], "messages_p2p": led.messages["p2p"],
-                "bytes_p2p": led.bytes["p2p"], "transport_messages": led.transport["messages"],
-                "transport_bytes": led.transport["bytes"], "weight_norm": weight_norm(arrays)}, columns=self.columns)
-            log.info("[%s %d/%d] test_acc=%.4f test_loss=%.4f train_loss=%.4f lr=%.4g | %d msgs %.2f MB | %.1fs",
-                     self.unit, rnd, self.total, self.last_eval.get("test_acc", math.nan),
-                     self.last_eval.get("test_loss", math.nan), train_loss, lr, led.total_messages,
-                     led.total_bytes / 1e6, st.wall_time_s)
+        diverged = is_diverged(train_loss, self.evaluator.data.num_classes)
         stop = cfg.stop_after > 0 and rnd >= cfg.stop_after and rnd < self.total
         last = rnd == self.total or diverged or stop
-        if rnd % cfg.checkpoint_every == 0 or last:  # written while the next round trains, unless it is the last
-            self.run_dir.save_checkpoint(rnd, arrays, st.to_json(), extra, background=not last)
+        evaluate = self.eval_due(rnd) or diverged
+        checkpoint = rnd % cfg.checkpoint_every == 0 or last
+        if not (evaluate or checkpoint):
+            return False
+        led = st.ledger
+        numbers = {  # the row as of now, but for the evaluation
+            "round": rnd, "wall_time_s": st.wall_time_s, "sim_time_s": st.sim_time_s, "lr": lr,
+            "clients": clients, **(row or {}), "failures": st.failures, "train_loss": train_loss,
+            "train_acc": train_acc, "messages": led.total_messages, "bytes": led.total_bytes,
+            "messages_down": led.messages["down"], "messages_up": led.messages["up"],
+            "bytes_down": led.bytes["down"], "bytes_up": led.bytes["up"], "messages_p2p": led.messages["p2p"],
+            "bytes_p2p": led.bytes["p2p"], "transport_messages": led.transport["messages"],
+            "transport_bytes": led.transport["bytes"]}
+        saved = copy.deepcopy(st.to_json())  # its counts change with the next round's replies
+        if overlap is None or last:
+            if overlap is not None and overlap.settle():  # the rounds before first
+                return True
+            return self._complete_round(rnd, arrays, saved, extra, numbers, evaluate, checkpoint, last, diverged,
+                                        stop)
+        arrays = {k: np.array(v) for k, v in arrays.items()}  # the next round may reuse the model's buffers
+        extra = dict(extra or {})
+        overlap.defer(lambda: self._complete_round(rnd, arrays, saved, extra, numbers, evaluate, checkpoint, False,
+                                                   False, False))
+        return False
+
+    def _complete_round(self, rnd: int, arrays: dict[str, np.ndarray], saved: dict, extra: dict | None,
+                        numbers: dict, evaluate: bool, checkpoint: bool, last: bool, diverged: bool,
+                        stop: bool) -> bool:
+        """The work of :meth:`end_of_round` on its snapshot: evaluate, append the row, log, checkpoint; True when the
+        run must stop."""
+        num_classes = self.evaluator.data.num_classes
+        if evaluate:
+            self.last_eval = self.evaluator(arrays)
+            heap.trim()  # the evaluation's freed activations back to the system (fedlab_app/heap.py)
+            if is_diverged(self.last_eval.get("test_loss", 0.0), num_classes) and not diverged:
+                diverged, last, checkpoint = True, True, True
+                self.stopped_at = saved  # a deferred record: the rounds after it ran, but end here
+            self.run_dir.append_metrics({**numbers, **self.last_eval, "weight_norm": weight_norm(arrays)},
+                                        columns=self.columns)
+            log.info("[%s %d/%d] test_acc=%.4f test_loss=%.4f train_loss=%.4f lr=%.4g | %d msgs %.2f MB | %.1fs",
+                     self.unit, rnd, self.total, self.last_eval.get("test_acc", math.nan),
+                     self.last_eval.get("test_loss", math.nan), numbers["train_loss"], numbers["lr"],
+                     numbers["messages"], numbers["bytes"] / 1e6, numbers["wall_time_s"])
+        if checkpoint:  # written while the next round trains, unless it is the last
+            self.run_dir.save_checkpoint(rnd, arrays, saved, extra, background=not last)
         if diverged:
             log.warning("%s %d: the loss is not finite or exploded; stopping the run as diverged", self.unit, rnd)
             self.status = "diverged"
         elif stop:
-            log.info("%s %d: stop_after=%d reached; continue later with resume=true", self.unit, rnd, cfg.stop_after)
+            log.info("%s %d: stop_after=%d reached; continue later with resume=true", self.unit, rnd,
+                     self.cfg.stop_after)
             self.status = "stopped"
         return diverged or stop
 
     def finish(self) -> dict:
         """Write summary.json (with the final model's per-class report) and the plots; return the summary."""
         self.run_dir.wait_for_checkpoint()
+        if self.stopped_at is not None:  # the summary is that of the last round recorded
+            self.state = LoopState.from_json(self.stopped_at)
         summary = {"out_dir": str(self.run_dir.path), **make_summary(self.cfg, self.state, self.last_eval, self.status)}
         summary["rounds_planned"] = self.total
         summary.update(self.extra_summary)

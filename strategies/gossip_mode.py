@@ -104,6 +104,7 @@ class GossipMode:
                                           "node_acc_max")
     tolerates_failures: ClassVar[bool] = False
     uses_nodes: ClassVar[bool] = True
+    overlaps_end_of_round: ClassVar[bool] = True  # a round replaces the stacked states, never in place
 
     def start(self, run: Any, arrays: dict, state: dict) -> None:
         cfg = run.cfg

@@ -63,6 +63,11 @@ class Mode(Protocol):
     columns: ClassVar[tuple[str, ...]]  # its own metrics.csv columns, after the common ones
     tolerates_failures: ClassVar[bool]  # True: a failed node is logged and skipped; False: the run fails, naming it
     uses_nodes: ClassVar[bool]  # False: runs in the server process (no Flower nodes)
+    # Optional, default False. True promises that every round makes a ``send_and_receive`` and that the tensors
+    # ``state()`` returns are never changed in place afterwards (copies, or arrays a round replaces): round r's
+    # record (evaluation, row, checkpoint) is then made in a thread beside the server's step on round r+1's
+    # replies (``fedlab_app/overlap.py``; ``RoundOut.arrays`` is copied).
+    overlaps_end_of_round: ClassVar[bool]
 
     def start(self, run: Any, arrays: dict, state: dict) -> None:
         """Begin (or resume, ``state`` from the checkpoint) with the global model ``arrays``."""

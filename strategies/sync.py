@@ -123,6 +123,7 @@ class SyncMode:
     columns: ClassVar[tuple[str, ...]] = ()
     tolerates_failures: ClassVar[bool] = True
     uses_nodes: ClassVar[bool] = True
+    overlaps_end_of_round: ClassVar[bool] = True  # state() copies the strategy's arrays
 
     def __init__(self, strategy: Any) -> None:
         self.strategy = strategy
