@@ -318,27 +318,74 @@ def down(d: Path) -> list[int]:
     return [p["pid"] for p in procs]
 
 
-def run(d: Path, run_config: dict, app_dir: Path, timeout: float = 3600.0) -> dict:
-    """``flwr run <app> fedlab --run-config <toml> --stream`` against deployment ``d``; the run's summary.json."""
+# how long `flwr run` may go on before the ServerApp has written the run's config.yaml (it does so first)
+START_TIMEOUT_S = float(os.environ.get("FEDLAB_DEPLOY_START_TIMEOUT_S", "300"))
+
+
+def run(d: Path, run_config: dict, app_dir: Path, timeout: float = 3600.0,
+        start_timeout: float | None = None) -> dict:
+    """``flwr run <app> fedlab --run-config <toml> --stream`` against deployment ``d``; the run's summary.json.
+
+    A run whose ServerApp has not written ``config.yaml`` in ``out_dir`` within ``start_timeout`` seconds
+    (default ``START_TIMEOUT_S``) is stopped and reported as failed, naming the logs to read: one such run waited
+    20 minutes before any round (``results/bench/deploy_overlap.log``)."""
+    start_timeout = START_TIMEOUT_S if start_timeout is None else start_timeout
     out_dir = Path(str(run_config["out_dir"]))
     cfg_path = d / "run_config.toml"
     cfg_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))  # JSON scalars are TOML
     summary_path = out_dir / "summary.json"
     t0 = time.perf_counter()
     started = time.time()
+    proc = subprocess.Popen([str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(cfg_path),
+                             "--stream"], env=flwr_env(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=app_dir)
     try:
-        res = subprocess.run([str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(cfg_path), "--stream"],
-                             env=flwr_env(d), capture_output=True, text=True, timeout=timeout, cwd=app_dir)
-        said, rc = res.stdout + res.stderr, res.returncode
-    except subprocess.TimeoutExpired as exc:
-        said, rc = f"flwr run did not end within {timeout:.0f} s: {exc}", -1
+        out, why = _wait_for(proc, t0, timeout, start_timeout, out_dir / "config.yaml", started, d / "logs")
+    except BaseException:  # Ctrl-C: flwr run does not outlive this process
+        proc.kill()
+        proc.wait()
+        raise
+    said, rc = out + (f"\nfedlab: {why}" if why else ""), proc.returncode
     (d / "logs").mkdir(parents=True, exist_ok=True)
     (d / "logs" / "flwr_run.log").write_text(said)
-    fresh = summary_path.exists() and summary_path.stat().st_mtime >= started  # not a summary of an earlier run
-    if fresh:
+    if _fresh(summary_path, started):  # not a summary of an earlier run
         summary = RunDir(out_dir).read_summary()
     else:
         summary = {"status": "failed", "error": f"the run wrote no summary.json in {out_dir} (flwr run exit code {rc}): "
                                                 f"{said[-1500:]}", "out_dir": str(out_dir)}
     summary["deploy_wall_s"] = time.perf_counter() - t0
     return summary
+
+
+def _wait_for(proc: subprocess.Popen, t0: float, timeout: float, start_timeout: float, started_file: Path,
+              since: float, logs: Path) -> tuple[str, str]:
+    """Wait for ``flwr run`` to end: ``(its output, "")``, or stop it and say why: it ran past ``timeout``, or
+    ``started_file`` was not written within ``start_timeout`` seconds."""
+    while True:
+        try:
+            out, err = proc.communicate(timeout=0.5)  # the output read so far is kept across the retries
+            return (out or "") + (err or ""), ""
+        except subprocess.TimeoutExpired:
+            waited = time.perf_counter() - t0
+            why = ""
+            if waited > timeout:
+                why = f"flwr run did not end within {timeout:.0f} s"
+            elif waited > start_timeout and not _fresh(started_file, since):
+                why = (f"the ServerApp did not start within {start_timeout:g} s (no {started_file.name} in "
+                       f"{started_file.parent}); see {logs} (superlink.log, node*.log)")
+            if why:
+                proc.terminate()
+                try:
+                    out, err = proc.communicate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    out, err = proc.communicate()
+                return (out or "") + (err or ""), why
+
+
+def _fresh(path: Path, since: float) -> bool:
+    """``path`` exists and was written at or after ``since`` (a time.time())."""
+    try:
+        return path.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
