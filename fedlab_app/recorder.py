@@ -72,6 +72,9 @@ class CentralEvaluator:
         s = make_splits(cfg.dataset, cfg.partition, cfg.num_clients, cfg.seed)
         self.data, self.batch = s.data, cfg.eval.batch_size
         self.model = build_model(cfg.model, s.data.x_train.shape[1:], s.data.num_classes)
+        # the modes' own evaluations (gossip's nodes) run in the driver's thread while the round record may be
+        # evaluating in its thread (fedlab_app/overlap.py): each needs its own module to load weights into
+        self.subset_model = build_model(cfg.model, s.data.x_train.shape[1:], s.data.num_classes)
         self.norm = Normalizer.from_stats(s.data.mean, s.data.std, use_channels_last(cfg.model))
         self.test = (torch.from_numpy(s.data.x_test.copy()), torch.from_numpy(s.data.y_test.astype(np.int64)))
         self.val = (torch.from_numpy(s.data.x_train[s.val_idx]), torch.from_numpy(s.data.y_train[s.val_idx].astype(np.int64)))
@@ -83,8 +86,8 @@ class CentralEvaluator:
         x, y = self.test[0][idx], self.test[1][idx]
         accs = []
         for arrays in models:
-            self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-            accs.append(evaluate(self.model, x, y, self.norm, self.batch)[1])
+            self.subset_model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+            accs.append(evaluate(self.subset_model, x, y, self.norm, self.batch)[1])
         return accs
 
     def per_class(self, arrays: dict[str, np.ndarray]) -> dict[str, list[float]]:

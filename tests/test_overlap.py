@@ -84,9 +84,12 @@ class FakeMode:
 
     def __init__(self, arrays: dict, log: list, fail_at: int = 0, diverge_at: int = 0) -> None:
         self.arrays, self.log, self.fail_at, self.diverge_at = arrays, log, fail_at, diverge_at
+        rng = np.random.default_rng(1)  # a model unlike the global one, for the step's evaluations
+        self.noise = {k: (rng.normal(0, 1, v.shape).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v)
+                      for k, v in arrays.items()}
 
     def start(self, run, arrays, state):
-        pass
+        self.run = run
 
     def round(self, plan, grid):
         if plan.rnd == self.fail_at:
@@ -99,7 +102,9 @@ class FakeMode:
             v[...] = 0  # driver's copy keeps what the overlapped evaluation and checkpoint read
         grid.send_and_receive([_msg()])
         self.log.append(("replies", plan.rnd))
-        time.sleep(0.1)  # the server's own step on the replies (mixing, aggregation)
+        t = time.monotonic()  # the server's own step on the replies, here as gossip's: evaluating models
+        while time.monotonic() - t < 0.1:  # (the record evaluates meanwhile: they must not share a module)
+            self.run.evaluate_subset([self.noise], 500)
         self.arrays = new
         metrics = {"train-loss": 1.0 / plan.rnd, "train-acc": 0.5, "examples-processed": 10, "steps": 1}
         return RoundOut(new, [metrics], 1, duration_s=1.0)
@@ -132,6 +137,7 @@ def _run(tmp_path, overlap: bool, monkeypatch, rounds: int = 3, **mode_kw):
     mode = FakeMode(driver.initial_arrays(cfg), log, **mode_kw)
     grid = CountingGrid(EchoGrid(), rec.state.ledger)
     ctx = driver.RunContext(cfg, rec, grid, mode, rounds)
+    mode.start(ctx, mode.arrays, {})
     try:
         driver._rounds(ctx, rec, mode, grid, rounds, {})
     finally:
