@@ -49,13 +49,14 @@ class Overlap:
         self._pending = job
 
     def start(self) -> bool:
-        """The replies of an exchange are in: wait for the running record, then start the deferred one in a thread.
-        True: the run must end (the waiting record is dropped)."""
-        if self._pending is None:
-            return False
+        """The replies of an exchange are in: wait for the running record (it had a round; even with nothing
+        deferred, so that the driver's thread gets its threads back and a divergence is seen at once), then start
+        the deferred one in a thread. True: the run must end (the waiting record is dropped)."""
         if self._join():
             self._pending = None
             return True
+        if self._pending is None:
+            return False
         job, self._pending = self._pending, None
         box: dict = {}
         total = torch.get_num_threads()

@@ -61,6 +61,15 @@ def test_a_record_that_ends_the_run_drops_the_next_one_and_the_replies_that_find
     assert grid.ledger.messages["up"] == 1 and grid.overlap.settle() is False and ran == []
 
 
+def test_a_running_record_is_joined_at_the_next_replies_even_with_nothing_deferred():
+    grid, ran = CountingGrid(EchoGrid(), Ledger()), []
+    grid.overlap.defer(lambda: ran.append(1) or True)  # round r diverged (eval.every > 1: rounds after it defer none)
+    grid.send_and_receive([_msg()])  # round r+1's replies: round r's record starts
+    with pytest.raises(RunEnded):
+        grid.send_and_receive([_msg()])  # round r+2's: its answer is read, though nothing waits behind it
+    assert ran == [1]
+
+
 def test_a_record_that_failed_is_raised_in_the_drivers_thread_and_nothing_after_it_is_recorded():
     records, ran = Overlap(), []
 
