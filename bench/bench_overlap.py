@@ -15,9 +15,8 @@ predecessors are in the same block count. The variants:
 Per variant: the median round; per cycle: ``in_turn`` minus each other variant (medians of its clean rounds), then
 the mean difference over the cycles with its 95% CI (``fedlab_app/stats.py``).
 
-    python bench/bench_overlap.py --cycles 4 --block 5 --out results/bench/overlap_dpsgd_256.json \\
+    python bench/bench_overlap.py --cycles 3 --block 5 --out results/bench/overlap_dpsgd_256.json \\
         strategy=dpsgd strategy.matrix=exponential num_clients=256 client.local_steps=5 strategy.node_eval_samples=0
-    python bench/bench_overlap.py --cycles 4 --block 5 --out results/bench/overlap_default.json
 """
 
 from __future__ import annotations
