@@ -5,7 +5,10 @@ message (``sim.clients_per_worker=1``), 5 rounds, seed 0, evaluation every round
 deploy up --nodes 3`` on 127.0.0.1 (TLS + SuperNode authentication), then ``fedlab deploy run``;
 simulated: ``fedlab run``. The runs alternate (deployed, simulated, deployed, ...) so that a change
 of machine load hits both. A round's time is the difference of consecutive ``wall_time_s`` in
-``metrics.csv``; the steady rounds are 2..R (round 1 also discovers the nodes); medians over all reps. Every
+``metrics.csv``; the steady rounds are 2..R (round 1 also discovers the nodes); medians over all reps. The
+overhead is also taken rep by rep (median deployed round minus median simulated round of the same rep), with a 95%
+Student-t interval over the reps (``overhead_by_rep``). A deployed run that fails is run once more and named in
+``failed_runs_run_again``. Every
 federation but the one running is paused (SIGSTOP): idle, its SuperLink answering its nodes' polls would take
 CPU from the one measured.
 
@@ -48,7 +51,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fedlab_app import deploy, trace
+from fedlab_app import deploy, stats, trace
 
 FEDLAB = str(Path(sys.executable).parent / "fedlab")
 TIMELINE = "FEDLAB_TIMELINE"  # fedlab_app.client_app.TIMELINE (not imported here: it loads torch)
@@ -78,6 +81,32 @@ def run(cmd: list[str], out: Path, env: dict | None = None) -> list[float]:
     if res.returncode != 0 or summary.get("status") != "finished":
         raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stdout[-2000:]} {res.stderr[-2000:]}")
     return round_times(out)
+
+
+def deployed_run(d: Path, rounds: int, out: Path, failures: list[str]) -> list[float]:
+    """``fedlab deploy run`` on federation ``d``; a failed run (e.g. one whose ServerApp never started, stopped by
+    ``fedlab deploy run``'s start timeout) is noted in ``failures`` and run once more in a fresh out_dir."""
+    cmd = [FEDLAB, "deploy", "run", "--dir", str(d), *WORK, f"rounds={rounds}"]
+    try:
+        return run(cmd, out)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        failures.append(f"{out.name}: {str(e)[-600:]}")
+        print(f"{out.name} failed, running it again: {str(e)[-300:]}", file=sys.stderr, flush=True)
+        return run(cmd, out.with_name(out.name + "_again"))
+
+
+def per_rep(rounds: list[float], reps: int) -> list[float]:
+    """Median of each rep's steady rounds (``rounds`` holds the reps' rounds in turn, equally many each)."""
+    k = len(rounds) // reps
+    return [statistics.median(rounds[i * k:(i + 1) * k]) for i in range(reps)]
+
+
+def overhead(deployed: list[float], simulated: list[float], reps: int) -> dict:
+    """Deployed minus simulated round, rep by rep (the two ran back to back), with a 95% Student-t interval."""
+    diffs = [a - b for a, b in zip(per_rep(deployed, reps), per_rep(simulated, reps), strict=True)]
+    st = stats.summarize(diffs)
+    return {"per_rep_s": [round(x, 3) for x in diffs], "mean_s": round(st.mean, 3),
+            "ci95_s": [round(st.low, 3), round(st.high, 3)] if st.n >= 2 else None}
 
 
 def timeline(paths: list[Path]) -> dict:
@@ -185,6 +214,7 @@ def main() -> None:
             del os.environ[k]
     os.environ.pop(trace.ENV, None)
     rounds: dict[str, list[float]] = {"deployed": [], "simulated": [], **{v: [] for v in chosen}}
+    failures: list[str] = []  # deployed runs that failed and were run again (see deployed_run)
     try:
         for d in dirs.values():
             hold(d, signal.SIGSTOP)
@@ -196,8 +226,7 @@ def main() -> None:
                     continue
                 hold(dirs[v], signal.SIGCONT)
                 try:
-                    rounds[v] += run([FEDLAB, "deploy", "run", "--dir", str(dirs[v]), *WORK, f"rounds={a.rounds}"],
-                                     tmp / f"{v}{rep}")
+                    rounds[v] += deployed_run(dirs[v], a.rounds, tmp / f"{v}{rep}", failures)
                 finally:
                     hold(dirs[v], signal.SIGSTOP)
                 os.replace(tmp / "timeline.jsonl", tmp / f"{v}{rep}.jsonl")
@@ -217,6 +246,8 @@ def main() -> None:
     res = {"work": WORK + [f"rounds={a.rounds}"], "reps": a.reps, "steady_rounds": f"2..{a.rounds}",
            "deployed_round_s": round(med["deployed"], 3), "simulated_round_s": round(med["simulated"], 3),
            "overhead_s": round(med["deployed"] - med["simulated"], 3),
+           "overhead_by_rep": overhead(rounds["deployed"], rounds["simulated"], a.reps),
+           "failed_runs_run_again": failures,
            "deployed_rounds_s": [round(x, 3) for x in rounds["deployed"]],
            "simulated_rounds_s": [round(x, 3) for x in rounds["simulated"]],
            "deploy_up_s": round(up_s, 1),
@@ -224,6 +255,7 @@ def main() -> None:
                                  "simulated": timeline([tmp / f"simulated{r}.jsonl" for r in range(a.reps)])},
            **{k: val for v in chosen for k, val in (
                (f"{v}_round_s", round(med[v], 3)), (f"{v}_rounds_s", [round(x, 3) for x in rounds[v]]),
+               (f"{v}_overhead_by_rep", overhead(rounds[v], rounds["simulated"], a.reps)),
                (f"timeline_{v}_median_s", timeline([tmp / f"{v}{r}.jsonl" for r in range(a.reps)])))},
            **({"trace_median_s": {v: journey_medians([tmp / f"trace_{v}{r}.jsonl" for r in range(a.reps)])
                                   for v in traced}} if a.trace else {}),
