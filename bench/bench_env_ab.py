@@ -6,6 +6,9 @@
   0 sends the arrays one by one.
 - ``FEDLAB_SIM_SHORT_POLL``: the simulation engine's message poll and the grid's reply poll every 5 ms
   (``fedlab_app/sim_waits.py``); 0 keeps Flower's 0.1 s.
+- ``NUMPY_MADVISE_HUGEPAGE`` (NumPy's own switch, read at import): NumPy marks its large arrays for transparent
+  huge pages (``madvise``), so that their first touch may wait for the kernel to gather 2 MB pages; 0 leaves them
+  4 KB pages.
 - ``FEDLAB_OVERLAP_EVAL``: round r's record (evaluation, metrics row, checkpoint) is made in a thread beside the
   server's step on round r+1's replies (``fedlab_app/overlap.py``); 0 makes it before round r+1 is sent.
 
@@ -43,7 +46,8 @@ from bench_round import fedlab_run  # noqa: E402
 
 
 OUT = {"FEDLAB_RAY_LEAN": "ray_lean.json", "FEDLAB_FLAT_WIRE": "flat_wire_sim.json",
-       "FEDLAB_SIM_SHORT_POLL": "sim_poll.json", "FEDLAB_OVERLAP_EVAL": "overlap_eval.json"}
+       "FEDLAB_SIM_SHORT_POLL": "sim_poll.json", "FEDLAB_OVERLAP_EVAL": "overlap_eval.json",
+       "NUMPY_MADVISE_HUGEPAGE": "numpy_hugepage.json"}
 
 
 def one(var: str, on: bool, rounds: int, overrides: list[str]) -> dict:
@@ -98,7 +102,9 @@ def main() -> None:
                                      "every 0.1 s, Flower's own (=0)",
             "FEDLAB_OVERLAP_EVAL": "with round r's record (evaluation, row, checkpoint) made in a thread beside the "
                                    "server's step on round r+1's replies (FEDLAB_OVERLAP_EVAL=1) and before round r+1 "
-                                   "is sent (=0)"}[args.var]
+                                   "is sent (=0)",
+            "NUMPY_MADVISE_HUGEPAGE": "with NumPy asking the kernel for huge pages for its large arrays (its default, "
+                                      "NUMPY_MADVISE_HUGEPAGE=1) and not (=0)"}[args.var]
     res = {"what": f"`fedlab run rounds=R {' '.join(args.overrides)}` {what}, interleaved pairs",
            "command": f"python bench/bench_env_ab.py --var {args.var} --pairs {args.pairs} --rounds {args.rounds} "
                       + (f"--out {args.out} " if args.out else "") + " ".join(args.overrides),

@@ -17,6 +17,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -328,7 +329,8 @@ def run(d: Path, run_config: dict, app_dir: Path, timeout: float = 3600.0,
 
     A run whose ServerApp has not written ``config.yaml`` in ``out_dir`` within ``start_timeout`` seconds
     (default ``START_TIMEOUT_S``) is stopped and reported as failed, naming the logs to read: one such run waited
-    20 minutes before any round (``results/bench/deploy_overlap.log``)."""
+    20 minutes before any round (``results/bench/deploy_overlap.log``). A run the SuperLink had accepted (``flwr
+    run`` printed its id) is also stopped there (``flwr stop``), so that it does not start later, unwatched."""
     start_timeout = START_TIMEOUT_S if start_timeout is None else start_timeout
     out_dir = Path(str(run_config["out_dir"]))
     cfg_path = d / "run_config.toml"
@@ -345,6 +347,8 @@ def run(d: Path, run_config: dict, app_dir: Path, timeout: float = 3600.0,
         proc.kill()
         proc.wait()
         raise
+    if why and (run_id := submitted_run(out)) is not None:  # it may still be queued on the SuperLink: stop it there
+        why += f"; {stop_run(d, run_id, app_dir)}"
     said, rc = out + (f"\nfedlab: {why}" if why else ""), proc.returncode
     (d / "logs").mkdir(parents=True, exist_ok=True)
     (d / "logs" / "flwr_run.log").write_text(said)
@@ -355,6 +359,29 @@ def run(d: Path, run_config: dict, app_dir: Path, timeout: float = 3600.0,
                                                 f"{said[-1500:]}", "out_dir": str(out_dir)}
     summary["deploy_wall_s"] = time.perf_counter() - t0
     return summary
+
+
+STARTED_RUN = re.compile(r"Successfully started run (\d+)")  # flwr 1.41's `flwr run` (flwr/cli/run/run.py)
+
+
+def submitted_run(output: str) -> int | None:
+    """The run id that ``flwr run``'s ``output`` says the SuperLink accepted, or None."""
+    found = STARTED_RUN.search(output)
+    return int(found.group(1)) if found else None
+
+
+def stop_run(d: Path, run_id: int, app_dir: Path) -> str:
+    """``flwr stop <run_id>`` on deployment ``d``'s SuperLink (a stopped ``flwr run`` leaves its run there, queued
+    or running); what happened, in words."""
+    try:
+        res = subprocess.run([str(BIN / "flwr"), "stop", str(run_id), CONNECTION], env=flwr_env(d), cwd=app_dir,
+                             capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"could not stop run {run_id} on the SuperLink ({e}): `flwr stop {run_id} {CONNECTION}`"
+    if res.returncode != 0:
+        return (f"`flwr stop {run_id}` failed (exit {res.returncode}: {(res.stdout + res.stderr).strip()[-300:]}); "
+                f"stop it with `flwr stop {run_id} {CONNECTION}`")
+    return f"run {run_id} stopped on the SuperLink (`flwr stop`)"
 
 
 def _wait_for(proc: subprocess.Popen, t0: float, timeout: float, start_timeout: float, started_file: Path,

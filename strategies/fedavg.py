@@ -82,18 +82,20 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: array_numpy(v) for k, v in record.items()}
 
 
-def array_numpy(a: Array) -> np.ndarray:
+def array_numpy(a: Array, copy: bool = True) -> np.ndarray:
     """``a.numpy()`` without parsing the .npy header with ``ast.literal_eval`` (what ``np.load`` does; 2,560
     arrays a round for 256 LeNet-5 gossip nodes): when ``a.data`` is what ``np.save`` writes for ``a``'s dtype
-    and shape in C order, the array is read after the header (a writable copy, as ``np.load`` gives);
-    anything else goes through ``a.numpy()``."""
+    and shape in C order, the array is read after the header (a writable copy, as ``np.load`` gives; with
+    ``copy=False`` a read-only view of ``a.data``, for a caller that copies it anyway); anything else goes
+    through ``a.numpy()``."""
     data, dtype = a.data, np.dtype(a.dtype)
     if a.stype == "numpy.ndarray" and data[:6] == b"\x93NUMPY" and data[6:7] == b"\x01" and len(data) >= 10:
         start = 10 + int.from_bytes(data[8:10], "little")
         shape = tuple(a.shape)
         header = f"{{'descr': '{dtype.str}', 'fortran_order': False, 'shape': {shape}, }}".encode()
         if data[10:10 + len(header)] == header and len(data) - start == dtype.itemsize * math.prod(shape):
-            return np.frombuffer(data, dtype, offset=start).reshape(shape).copy()
+            view = np.frombuffer(data, dtype, offset=start).reshape(shape)
+            return view.copy() if copy else view
     return a.numpy()
 
 

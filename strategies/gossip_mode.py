@@ -33,7 +33,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from strategies import gossip
 from strategies import gossip_stacked as stacked
-from strategies.fedavg import to_numpy, to_record
+from strategies.fedavg import array_numpy, to_numpy, to_record
 from strategies.modes import RoundOut, RoundPlan
 from strategies.sync import STACKED, tree_numpy
 
@@ -73,7 +73,7 @@ def send_stacked(run: Any, zs: dict[str, np.ndarray], conf: ConfigRecord, grid: 
     by_node: dict[int, list[int]] = {}
     for pid in range(m):
         by_node.setdefault(run.node_of[pid], []).append(pid)
-    msgs = [Message(RecordDict({STACKED: ArrayRecord({k: Array(v[pids]) for k, v in zs.items()}),
+    msgs = [Message(RecordDict({STACKED: ArrayRecord({k: Array(v[_rows(pids)]) for k, v in zs.items()}),
                                 "config": ConfigRecord({**dict(conf), "pids": pids})}),
                     dst_node_id=node, message_type="train") for node, pids in by_node.items()]
     replies = grid.send_and_receive(msgs, count=None)
@@ -81,14 +81,22 @@ def send_stacked(run: Any, zs: dict[str, np.ndarray], conf: ConfigRecord, grid: 
     names = [_clients(by_node.get(grid.replier(r), [])) for r in replies]
     for r in run.keep_ok(rnd, replies, grid, names):
         pids = by_node[grid.replier(r)]
-        for k, v in to_numpy(r.content[STACKED]).items():
-            out[k][pids] = v
+        for k, a in r.content[STACKED].items():  # straight into ``out``: no copy of the reply's bytes on the way
+            out[k][_rows(pids)] = array_numpy(a, copy=False)
         for pid in pids:
             metrics[pid] = dict(r.content[f"metrics/{pid}"])
     if down_bytes is not None:
         for pid in range(m):
             grid.count_virtual("down", pid, None, down_bytes)
     return out, metrics
+
+
+def _rows(pids: list[int]) -> slice | list[int]:
+    """The rows of a stacked state that hold clients ``pids``: a slice (a view, no gathered copy) when they are
+    consecutive, as a node's clients are (``sim.clients_per_worker``), else the list."""
+    if pids and pids == list(range(pids[0], pids[0] + len(pids))):
+        return slice(pids[0], pids[0] + len(pids))
+    return pids
 
 
 def _clients(pids: list[int]) -> str:
@@ -150,7 +158,7 @@ class GossipMode:
         x_bar = gossip.consensus(stacked.rows(self.ys), self.ws)
         self.zs = stacked.debias(self.ys, self.ws)  # next round's models
         zs = stacked.rows(self.zs)
-        row = {"consensus_dist": gossip.consensus_distance(zs), "avg_drift": gossip.distance(x_bar, before)}
+        row = {"consensus_dist": stacked.consensus_distance(self.zs), "avg_drift": gossip.distance(x_bar, before)}
         if run.eval_due(rnd) and self.p.node_eval_samples > 0:
             accs = run.evaluate_subset(zs, self.p.node_eval_samples)
             row.update({"node_acc_mean": float(np.mean(accs)), "node_acc_min": float(np.min(accs)),

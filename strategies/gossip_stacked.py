@@ -7,6 +7,7 @@ is one operation per name. Each function applies, element by element, the same f
 the same order as its per-node counterpart (tested bit for bit, ``tests/test_gossip_stacked.py``):
 
     debias        z_i = y_i / w_i                        (:func:`gossip.debias`, row i)
+    consensus_distance  (1/M) sum_i ||z_i - z_mean||^2   (:func:`gossip.consensus_distance`)
     local_update  y_i = w_i z_i'  or  y_i + (z_i' - z_i)  (:func:`gossip.local_update`, row i)
     mix           y_i <- A_ii y_i + sum_{j in senders(i)} A_ij y~_ji, w <- A w  (:func:`gossip.mix_all`)
 
@@ -65,6 +66,36 @@ def debias(ys: dict[str, np.ndarray], ws: Sequence[float]) -> dict[str, np.ndarr
     if all(float(w) == 1.0 for w in ws):
         return dict(ys)
     return {k: np.divide(v, _per_row(ws, v)) if _floating(v) else v for k, v in ys.items()}
+
+
+def consensus_distance(zs: dict[str, np.ndarray]) -> float:
+    """:func:`gossip.consensus_distance` of ``rows(zs)``, bit for bit, without a concatenated copy of each node.
+
+    The same float64 sums in the same order: the mean node by node, then each node's squared distance summed
+    by NumPy over one contiguous buffer laid out as the per-node function concatenates (so its pairwise sum
+    groups the same entries), then their mean.
+    """
+    keys = [k for k, v in zs.items() if _floating(v)]
+    flat = {k: zs[k].reshape(len(zs[k]), -1) for k in keys}
+    m = len(next(iter(zs.values())))
+    sizes = [flat[k].shape[1] for k in keys]
+    edges = np.cumsum([0, *sizes]).tolist()
+    part = {k: slice(a, b) for k, a, b in zip(keys, edges[:-1], edges[1:], strict=True)}
+    total = np.empty(edges[-1], np.float64)
+    for k in keys:
+        total[part[k]] = flat[k][0]
+    for i in range(1, m):
+        for k in keys:
+            np.add(total[part[k]], flat[k][i], out=total[part[k]], dtype=np.float64)
+    mean = total / m
+    buf = total  # reused: the sums are in ``mean`` now
+    sums = np.empty(m, np.float64)
+    for i in range(m):
+        for k in keys:
+            np.subtract(flat[k][i], mean[part[k]], out=buf[part[k]], dtype=np.float64)
+        np.square(buf, out=buf)
+        sums[i] = np.sum(buf)
+    return float(np.mean(sums))
 
 
 def local_update(method: str, ys: dict[str, np.ndarray], ws: Sequence[float], zs: dict[str, np.ndarray] | None,

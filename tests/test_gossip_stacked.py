@@ -91,3 +91,24 @@ def test_stack_and_rows_round_trip_without_copies():
         for k in y:
             assert isinstance(views[i][k], np.ndarray) and views[i][k].shape == y[k].shape  # 0-d stays an array
             assert views[i][k].tobytes() == y[k].tobytes() and np.shares_memory(views[i][k], Y[k])
+
+
+@pytest.mark.parametrize("m", [1, 2, 7])
+def test_consensus_distance_is_the_per_node_one_bit_for_bit(m):
+    """Float32 and float64 arrays, signed zeros and tiny values, an int counter left out; -0.0 and NaN survive."""
+    rng = np.random.default_rng(m)
+    zs = _models(m, rng)
+    got = stacked.consensus_distance(stacked.stack(zs))
+    want = gossip.consensus_distance(zs)
+    assert np.float64(got).tobytes() == np.float64(want).tobytes()
+    zs[0]["w"][1, 2] = np.nan
+    assert np.isnan(stacked.consensus_distance(stacked.stack(zs)))
+
+
+def test_consensus_distance_of_256_lenet_sized_nodes_is_bit_for_bit():
+    """Long rows: NumPy's pairwise sum over the buffer must group the entries as over the concatenation."""
+    rng = np.random.default_rng(0)
+    zs = [{"a": rng.normal(0, 1, (5, 7, 3)).astype(np.float32), "b": rng.normal(0, 1, 48000).astype(np.float32),
+           "c": rng.normal(0, 1, 13).astype(np.float32)} for _ in range(6)]
+    got = stacked.consensus_distance(stacked.stack(zs))
+    assert np.float64(got).tobytes() == np.float64(gossip.consensus_distance(zs)).tobytes()
