@@ -10,7 +10,10 @@ overhead is also taken rep by rep (median deployed round minus median simulated 
 Student-t interval over the reps (``overhead_by_rep``). A deployed run that fails is run once more and named in
 ``failed_runs_run_again``. Every
 federation but the one running is paused (SIGSTOP): idle, its SuperLink answering its nodes' polls would take
-CPU from the one measured.
+CPU from the one measured. A pause can kill a federation's SuperLink SuperExec (Flower gives up after a TLS handshake
+that the pause made time out), which once left a run waiting 20 minutes for its ServerApp; ``fedlab deploy run``
+now restarts such a SuperLink before it submits (``deploy.heal_superlink``), and the script waits 2 s after resuming
+a federation so that a dying SuperExec is seen.
 
 The per-message timeline comes from the ClientApps themselves (``FEDLAB_TIMELINE``, see
 ``fedlab_app/client_app.py``): process start -> module imported (Python, Flower's runtime, the FAB
@@ -177,6 +180,8 @@ VARIANTS = {  # name -> (flag, help, deploy.up keyword arguments, environment of
                   {}, FLOWER_WIRE),
     "flower_node_poll": ("--flower-node-poll", "also a warm federation of plain flower-supernode processes "
                          "(3 s idle wait, 1 s first object retry)", {"poll": None}, {}),
+    "memory_state": ("--memory-state", "also the default federation with the SuperLink's state in memory (Flower's "
+                     "InMemoryLinkState) instead of SQLite", {}, {"FEDLAB_SUPERLINK_DB": "memory"}),
     "in_turn": ("--in-turn", "also the default federation with each round recorded before the next one is sent "
                 "(FEDLAB_OVERLAP_EVAL=0; fedlab_app/overlap.py)", {}, {"FEDLAB_OVERLAP_EVAL": "0"}),
     "flower_polling": ("--baseline", "also Flower's own polling everywhere (plain flower-supernode, SuperExec 1 s, "
@@ -225,6 +230,7 @@ def main() -> None:
                                      {**os.environ, TIMELINE: str(tmp / f"simulated{rep}.jsonl")})
                     continue
                 hold(dirs[v], signal.SIGCONT)
+                time.sleep(2.0)  # a SuperExec whose handshake the pause timed out exits now: deploy.run then heals it
                 try:
                     rounds[v] += deployed_run(dirs[v], a.rounds, tmp / f"{v}{rep}", failures)
                 finally:

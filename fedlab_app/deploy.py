@@ -23,9 +23,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from fedlab_app import flower_waits, prefork
+from fedlab_app import flower_waits, prefork, trace
 from fedlab_app.results import RunDir
 
 DEFAULT_DIR = Path(".fedlab-deploy")
@@ -200,7 +201,10 @@ def start_superlink(d: Path, host: str, port: int, tls: bool, auth: bool) -> sub
         cmd.append("--insecure")
     if auth:
         cmd.append("--enable-supernode-auth")
-    cmd += ["--database", str((d / "superlink.db").resolve())]  # registered nodes survive a restart
+    if os.environ.get("FEDLAB_SUPERLINK_DB", "file") == "memory":  # Flower's in-memory state (a benchmark's variant)
+        cmd += ["--database", ":flwr-in-memory:"]
+    else:
+        cmd += ["--database", str((d / "superlink.db").resolve())]  # registered nodes survive a restart
     write_connection(d, f"{host}:{port}", ca)
     proc = start_process(d, "superlink", cmd)
     wait_port(host, port)
@@ -319,8 +323,52 @@ def down(d: Path) -> list[int]:
     return [p["pid"] for p in procs]
 
 
+def superexec_alive(d: Path) -> bool | None:
+    """Whether the SuperLink of local deployment ``d`` still has its SuperExec, the child process that starts each
+    run's ServerApp; None where that cannot be told (no SuperLink of ours running, no Linux ``/proc``).
+
+    Flower 1.41's SuperExec gives up for good when a TLS handshake with its SuperLink times out (its retry policy
+    takes the ``_ssl.c`` in "The handshake operation timed out" for a certificate error, ``flwr/supercore/retry/
+    http_retry.py``) and exits; the SuperLink goes on without it, and every run submitted after that waits for a
+    ServerApp that never starts. A SuperLink stalled longer than the handshake's timeout (a paused or overloaded
+    machine; ``bench/bench_deploy.py`` pausing idle federations) leaves it so: ``superlink.log`` then says "Giving
+    up reconnection".
+    """
+    procs = [p for p in load_state(d)["processes"] if p["name"] == "superlink"]
+    if not procs or not _alive(procs[0]["pid"]) or not Path("/proc/self/stat").exists():
+        return None
+    pid = procs[0]["pid"]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, ppid = trace._stat(entry.name)[:2]
+            if int(ppid) == pid and state != "Z" and b"flower-superexec" in (entry / "cmdline").read_bytes():
+                return True
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+    return False
+
+
+def heal_superlink(d: Path, wait: float = 60.0) -> bool:
+    """Restart the SuperLink of local deployment ``d`` if its SuperExec has exited (:func:`superexec_alive`); the
+    SuperNodes reconnect on their own and its database keeps the registered nodes. True if it was restarted."""
+    if superexec_alive(d) is not False:
+        return False
+    sl = next(p for p in load_state(d)["processes"] if p["name"] == "superlink")
+    print(f"fedlab deploy: the SuperLink's SuperExec (which starts each run's ServerApp) has exited, see "
+          f"{d / 'logs' / 'superlink.log'}; restarting the SuperLink", file=sys.stderr, flush=True)
+    stop_process(sl["pid"])
+    restart(d, wait)
+    t0 = time.monotonic()
+    while superexec_alive(d) is False and time.monotonic() - t0 < wait:
+        time.sleep(0.2)
+    return True
+
+
 # how long `flwr run` may go on before the ServerApp has written the run's config.yaml (it does so first)
 START_TIMEOUT_S = float(os.environ.get("FEDLAB_DEPLOY_START_TIMEOUT_S", "300"))
+STARTER_CHECK_S = 5.0  # while a run waits for its ServerApp: how often to look whether the SuperExec still runs
 
 
 def run(d: Path, run_config: dict, app_dir: Path, timeout: float = 3600.0,
@@ -336,13 +384,15 @@ def run(d: Path, run_config: dict, app_dir: Path, timeout: float = 3600.0,
     cfg_path = d / "run_config.toml"
     cfg_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))  # JSON scalars are TOML
     summary_path = out_dir / "summary.json"
+    heal_superlink(d)  # else the run would wait for a ServerApp that no process will start
     t0 = time.perf_counter()
     started = time.time()
     proc = subprocess.Popen([str(BIN / "flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(cfg_path),
                              "--stream"], env=flwr_env(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=app_dir)
     try:
-        out, why = _wait_for(proc, t0, timeout, start_timeout, out_dir / "config.yaml", started, d / "logs")
+        out, why = _wait_for(proc, t0, timeout, start_timeout, out_dir / "config.yaml", started, d / "logs",
+                             lambda: superexec_alive(d) is False)
     except BaseException:  # Ctrl-C: flwr run does not outlive this process
         proc.kill()
         proc.wait()
@@ -385,9 +435,11 @@ def stop_run(d: Path, run_id: int, app_dir: Path) -> str:
 
 
 def _wait_for(proc: subprocess.Popen, t0: float, timeout: float, start_timeout: float, started_file: Path,
-              since: float, logs: Path) -> tuple[str, str]:
-    """Wait for ``flwr run`` to end: ``(its output, "")``, or stop it and say why: it ran past ``timeout``, or
-    ``started_file`` was not written within ``start_timeout`` seconds."""
+              since: float, logs: Path, no_starter: Callable[[], bool] = lambda: False) -> tuple[str, str]:
+    """Wait for ``flwr run`` to end: ``(its output, "")``, or stop it and say why: it ran past ``timeout``,
+    ``started_file`` was not written within ``start_timeout`` seconds, or, before it was, ``no_starter()`` said
+    (twice, ``STARTER_CHECK_S`` apart) that nothing is left to start the ServerApp."""
+    looked, dead_since = 0.0, None
     while True:
         try:
             out, err = proc.communicate(timeout=0.5)  # the output read so far is kept across the retries
@@ -400,6 +452,12 @@ def _wait_for(proc: subprocess.Popen, t0: float, timeout: float, start_timeout: 
             elif waited > start_timeout and not _fresh(started_file, since):
                 why = (f"the ServerApp did not start within {start_timeout:g} s (no {started_file.name} in "
                        f"{started_file.parent}); see {logs} (superlink.log, node*.log)")
+            elif waited - looked >= STARTER_CHECK_S and not _fresh(started_file, since):
+                looked = waited
+                dead_since = (dead_since or waited) if no_starter() else None
+                if dead_since is not None and waited - dead_since >= STARTER_CHECK_S:
+                    why = (f"the SuperLink's SuperExec, which starts the ServerApp, has exited (see {logs}/superlink"
+                           ".log: 'Giving up reconnection'); the next `fedlab deploy run` restarts the SuperLink")
             if why:
                 proc.terminate()
                 try:
