@@ -181,7 +181,10 @@ VARIANTS = {  # name -> (flag, help, deploy.up keyword arguments, environment of
     "flower_node_poll": ("--flower-node-poll", "also a warm federation of plain flower-supernode processes "
                          "(3 s idle wait, 1 s first object retry)", {"poll": None}, {}),
     "memory_state": ("--memory-state", "also the default federation with the SuperLink's state in memory (Flower's "
-                     "InMemoryLinkState) instead of SQLite", {}, {"FEDLAB_SUPERLINK_DB": "memory"}),
+                     "InMemoryLinkState; the default since results/bench/deploy_memory_state.json, where this "
+                     "variant was measured against SQLite)", {"superlink_state": "memory"}, {}),
+    "sqlite_state": ("--sqlite-state", "also the default federation with the SuperLink's state in SQLite (fedlab's "
+                     "default before results/bench/deploy_memory_state.json)", {"superlink_state": "sqlite"}, {}),
     "in_turn": ("--in-turn", "also the default federation with each round recorded before the next one is sent "
                 "(FEDLAB_OVERLAP_EVAL=0; fedlab_app/overlap.py)", {}, {"FEDLAB_OVERLAP_EVAL": "0"}),
     "flower_polling": ("--baseline", "also Flower's own polling everywhere (plain flower-supernode, SuperExec 1 s, "

@@ -187,8 +187,18 @@ def register(d: Path, pub: Path) -> None:
         raise RuntimeError(f"registering {pub} failed: {res.stdout[-500:]} {res.stderr[-500:]}")
 
 
-def start_superlink(d: Path, host: str, port: int, tls: bool, auth: bool) -> subprocess.Popen:
-    """Start the SuperLink (certificates made on first use); writes the ``fedlab`` connection."""
+SUPERLINK_STATES = ("memory", "sqlite")  # where the SuperLink keeps nodes, runs and messages
+
+
+def start_superlink(d: Path, host: str, port: int, tls: bool, auth: bool, state: str = "memory") -> subprocess.Popen:
+    """Start the SuperLink (certificates made on first use); writes the ``fedlab`` connection.
+
+    ``state``: "memory", Flower's in-memory state (its default; a deployed round about 1 s faster here than with
+    SQLite, ``results/bench/deploy_memory_state.json``), or "sqlite", a database in ``d`` that keeps the
+    registered nodes and their ids across a restart. After a restart in memory, :func:`restart` registers the
+    node keys again."""
+    if state not in SUPERLINK_STATES:
+        raise ValueError(f"SuperLink state {state!r}; allowed: {', '.join(SUPERLINK_STATES)}")
     cmd = [str(BIN / "flower-superlink"), "--host", host, "--port", str(port)]
     ca = None
     if tls:
@@ -201,10 +211,7 @@ def start_superlink(d: Path, host: str, port: int, tls: bool, auth: bool) -> sub
         cmd.append("--insecure")
     if auth:
         cmd.append("--enable-supernode-auth")
-    if os.environ.get("FEDLAB_SUPERLINK_DB", "file") == "memory":  # Flower's in-memory state (a benchmark's variant)
-        cmd += ["--database", ":flwr-in-memory:"]
-    else:
-        cmd += ["--database", str((d / "superlink.db").resolve())]  # registered nodes survive a restart
+    cmd += ["--database", ":flwr-in-memory:" if state == "memory" else str((d / "superlink.db").resolve())]
     write_connection(d, f"{host}:{port}", ca)
     proc = start_process(d, "superlink", cmd)
     wait_port(host, port)
@@ -234,18 +241,22 @@ class AlreadyRunning(RuntimeError):
 
 
 def up(d: Path, nodes: int, host: str = "127.0.0.1", port: int = 9300, tls: bool = True, auth: bool = True,
-       warm: bool = True, poll: float | None = NODE_POLL_S) -> dict:
+       warm: bool = True, poll: float | None = NODE_POLL_S, superlink_state: str = "memory") -> dict:
     """A local federation: one SuperLink and ``nodes`` SuperNodes (keys made and registered when ``auth``), whose
     ClientApp processes start warm (:func:`start_prefork`) unless ``warm`` is false (Flower's cold start), and
-    which ask for work every ``poll`` seconds when idle (:func:`start_supernode`; None: Flower's own)."""
+    which ask for work every ``poll`` seconds when idle (:func:`start_supernode`; None: Flower's own). The
+    SuperLink keeps its state in ``superlink_state`` (:func:`start_superlink`)."""
     if poll is not None:
         flower_waits.ShortSleeps(poll)
+    if superlink_state not in SUPERLINK_STATES:
+        raise ValueError(f"SuperLink state {superlink_state!r}; allowed: {', '.join(SUPERLINK_STATES)}")
     d.mkdir(parents=True, exist_ok=True)
     if any(_alive(p["pid"]) for p in load_state(d)["processes"]):
         raise AlreadyRunning(f"{d} already runs processes; `fedlab deploy down --dir {d}` first")
-    save_state(d, {"processes": [], "nodes": nodes, "address": f"{host}:{port}", "tls": tls, "auth": auth})
+    save_state(d, {"processes": [], "nodes": nodes, "address": f"{host}:{port}", "tls": tls, "auth": auth,
+                   "superlink_state": superlink_state})
     (d / PREFORK_BIN / "flwr-clientapp").unlink(missing_ok=True)  # an earlier warm `up`'s launcher
-    start_superlink(d, host, port, tls, auth)
+    start_superlink(d, host, port, tls, auth, superlink_state)
     if warm:
         start_prefork(d)
     for i in range(nodes):
@@ -259,18 +270,32 @@ def up(d: Path, nodes: int, host: str = "127.0.0.1", port: int = 9300, tls: bool
 
 def restart(d: Path, wait: float = 60.0) -> list[str]:
     """Start again every process of deployment ``d`` that is no longer running (same command, same
-    logs), the SuperLink first; returns their names. The SuperLink's database keeps the registered
-    node keys and node ids, so the SuperNodes, which retry on their own, carry on with it."""
+    logs), the SuperLink first; returns their names.
+
+    A SuperLink with its state in SQLite keeps the registered node keys and node ids: the SuperNodes, which retry on
+    their own, carry on with it. One with its state in memory forgets them: its node keys are registered again here,
+    and its SuperNodes, whose node ids it no longer knows (Flower's SuperNode exits when the SuperLink refuses its
+    id), are restarted with it.
+    """
     state = load_state(d)
     dead = [p for p in state["processes"] if not _alive(p["pid"])]
-    state["processes"] = [p for p in state["processes"] if _alive(p["pid"])]
+    if any(p["name"] == "superlink" and ":flwr-in-memory:" in p["cmd"] for p in dead):
+        for p in state["processes"]:
+            if p["name"].startswith("supernode") and p not in dead:
+                stop_process(p["pid"])
+                dead.append(p)
+    state["processes"] = [p for p in state["processes"] if p not in dead]
     save_state(d, state)
-    for p in sorted(dead, key=lambda p: (p["name"] != "superlink", p["name"] != "prefork")):
+    for p in sorted(dead, key=lambda p: (p["name"] != "superlink", p["name"] != "prefork", p["name"])):
         start_process(d, p["name"], p["cmd"])
         if p["name"] == "superlink":
             host, port = state["address"].rsplit(":", 1)
             wait_port(host, int(port), wait)
-    return [p["name"] for p in dead]
+            if state.get("auth") and ":flwr-in-memory:" in p["cmd"]:  # it forgot the registered nodes
+                for pub in sorted((d / "keys").glob("node*.pub")):
+                    register(d, pub)
+    return [p["name"] for p in sorted(dead, key=lambda p: (p["name"] != "superlink", p["name"] != "prefork",
+                                                           p["name"]))]
 
 
 def _alive(pid: int) -> bool:

@@ -16,10 +16,11 @@ from fedlab_app.simulate import APP_DIR, PreflightError, preflight
 HELP = """fedlab deploy: run the app on a real SuperLink and SuperNodes
 
   fedlab deploy up --nodes 3 [--dir D] [--host 127.0.0.1] [--port 9300] [--insecure] [--no-auth] [--cold]
-                   [--node-poll 0.2]
+                   [--node-poll 0.2] [--superlink-state memory|sqlite]
         a local federation: certificates, node keys (registered), SuperLink + SuperNodes in the background;
         their ClientApp processes start warm (fedlab_app/prefork.py) unless --cold; idle SuperNodes ask for
-        work every --node-poll seconds (fedlab_app/flower_waits.py; 3 is Flower's own wait)
+        work every --node-poll seconds (fedlab_app/flower_waits.py; 3 is Flower's own wait); the SuperLink
+        keeps its state in memory (faster) or in SQLite in D (node ids survive its restart)
   fedlab deploy warm [--dir D]                  on a device: the prefork server for SuperNodes started
                                                 with D/prefork-bin first on their PATH
   fedlab deploy run [--dir D] [key=value ...]   the experiment (Hydra overrides) on that federation
@@ -51,6 +52,9 @@ def main(argv: list[str]) -> int:
         ap.add_argument("--node-poll", type=float, default=deploy.NODE_POLL_S,
                         help="longest wait of an idle SuperNode before it asks for work again, in seconds "
                              "(0 < S <= 3; 3 is Flower's own)")
+        ap.add_argument("--superlink-state", choices=deploy.SUPERLINK_STATES, default="memory",
+                        help="where the SuperLink keeps nodes, runs and messages: in memory (default, faster) or "
+                             "in SQLite in --dir (registered node ids survive a SuperLink restart)")
         a = ap.parse_args(rest)
         if a.nodes < 1:
             ap.error(f"--nodes={a.nodes} is invalid; allowed: an integer >= 1")
@@ -58,7 +62,7 @@ def main(argv: list[str]) -> int:
             ap.error(f"--node-poll={a.node_poll:g} is invalid; allowed: seconds > 0 and <= 3 (Flower's own)")
         try:
             state = deploy.up(a.dir, a.nodes, a.host, a.port, tls=not a.insecure, auth=not a.no_auth,
-                              warm=not a.cold, poll=a.node_poll)
+                              warm=not a.cold, poll=a.node_poll, superlink_state=a.superlink_state)
         except deploy.AlreadyRunning as exc:  # leave the running federation alone
             print(f"fedlab deploy up: {exc}", file=sys.stderr)
             return 1

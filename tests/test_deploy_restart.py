@@ -3,10 +3,12 @@
 A local federation (127.0.0.1, TLS, node authentication, 3 SuperNodes). First an uninterrupted
 4-round FedAvg run. Then the same run again, whose SuperLink process group (SuperLink, its
 SuperExec and the ServerApp) is SIGKILLed once round 2 is checkpointed; ``fedlab deploy restart``
-starts the SuperLink again (its database keeps the registered keys and node ids), the SuperNodes
-reconnect on their own, and ``fedlab deploy run ... resume=true`` finishes the run from the
-checkpoint: its final model equals the uninterrupted run's bit for bit. Every process started is
-stopped by PID. Slow: ``pytest -m slow``.
+starts the SuperLink again and ``fedlab deploy run ... resume=true`` finishes the run from the
+checkpoint: its final model equals the uninterrupted run's bit for bit. With the SuperLink's state in
+SQLite (its database keeps the registered keys and node ids) the SuperNodes reconnect on their own; with
+it in memory (``fedlab deploy up``'s default) the restart registers the keys again and restarts the
+SuperNodes too, which Flower's SuperNode needs (it exits when the SuperLink no longer knows its id).
+Every process started is stopped by PID. Slow: ``pytest -m slow``.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ def final_model(out) -> dict:
     return arrays
 
 
-def test_killed_superlink_restarts_and_the_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("state", ["sqlite", "memory"])
+def test_killed_superlink_restarts_and_the_run_resumes_exactly(tmp_path, state):
     d = tmp_path / "fed"
-    deploy.up(d, 3, port=free_port_block(4))
+    deploy.up(d, 3, port=free_port_block(4), superlink_state=state)
     procs = []
     try:
         straight, cut = tmp_path / "straight", tmp_path / "cut"
@@ -68,10 +71,11 @@ def test_killed_superlink_restarts_and_the_run_resumes_exactly(tmp_path):
         assert rows(cut) < 4  # killed mid-run: no summary.json written (SIGKILL), or not a finished one
         assert not (cut / "summary.json").exists() or json.loads((cut / "summary.json").read_text())["status"] != "finished"
 
-        assert deploy.restart(d) == ["superlink"]
-        assert deploy.restart(d) == []  # nothing else had stopped
+        restarted = ["superlink"] if state == "sqlite" else ["superlink", *(f"supernode{i}" for i in range(3))]
+        assert deploy.restart(d) == restarted
+        assert deploy.restart(d) == []  # nothing else had stopped, and the restarted processes run
         t0 = time.monotonic()
-        while online_nodes(d) < 3:  # the SuperNodes reconnect by themselves
+        while online_nodes(d) < 3:  # the SuperNodes reconnect (sqlite: by themselves)
             assert time.monotonic() - t0 < 300, "the SuperNodes did not come back"
             time.sleep(3)
         res = subprocess.run([FEDLAB, "deploy", "run", "--dir", str(d), "dataset.limit_train=900", "client.batch_size=64",
