@@ -11,7 +11,11 @@ started together per round (a barrier), each running ``clients.fused.iter_fused`
 of one worker exactly as that worker does (same shards, steps, batch size, optimizer, group size),
 then the same test-set evaluation (fedlab's evaluator, 2 threads) in one of them; no Flower, Ray,
 messages, serialization or aggregation. Its round time is the slower half's training plus the
-evaluation. Overhead = fedlab's steady round / reference round - 1. Runs are interleaved (reference,
+evaluation. Overhead = fedlab's steady round / reference round - 1. For gossip (D-PSGD) the loop's process 0 also
+times the server's mixing step on M models of the same shapes (``gossip_stacked.mix``, float64, 2 threads, the
+round's matrix) after the evaluation, reported apart: ``reference_with_mixing_round_s`` and the overhead over it
+(the mixing is the algorithm's own work, which any D-PSGD implementation does; the plain overhead counts it as
+overhead). Runs are interleaved (reference,
 fedlab) per workload; medians over the repeats. D-PSGD skips its per-node evaluations
 (``strategy.node_eval_samples=0``): the consensus model is evaluated as in FedAvg.
 
@@ -49,6 +53,7 @@ WORKLOADS = {  # name -> fedlab run overrides (Fashion-MNIST, LeNet-5, B = 32, a
 
 def _reference_worker(overrides: list[str], rounds: int, worker: int, workers: int, barrier, out) -> None:
     """One of the reference's processes: worker ``worker``'s clients, trained fused, ``rounds`` times."""
+    import numpy as np
     import torch
 
     from clients.fused import ClientJob, iter_fused
@@ -58,6 +63,8 @@ def _reference_worker(overrides: list[str], rounds: int, worker: int, workers: i
     from fedlab_app.local import Node
     from fedlab_app.recorder import CentralEvaluator
     from fedlab_app.simulate import clients_per_worker
+    from strategies import gossip
+    from strategies import gossip_stacked as stacked
     from strategies.fedavg import sample_clients
 
     torch.set_num_threads(1)
@@ -93,13 +100,23 @@ def _reference_worker(overrides: list[str], rounds: int, worker: int, workers: i
             torch.set_num_threads(2)
             evaluator(arrays)
             torch.set_num_threads(1)
-        times.append((t_train, time.perf_counter() - t0))
+        t_eval = time.perf_counter() - t0
+        t_mix = 0.0
+        if evaluator is not None and cfg.strategy.name in gossip.METHODS:  # the server's mixing of all M models
+            torch.set_num_threads(2)  # as the server while the workers wait
+            ys = {k: np.repeat(v[None], cfg.num_clients, axis=0) + np.float32(1e-3) * rnd for k, v in arrays.items()}
+            A = gossip.matrix_at(cfg.strategy.params, cfg.num_clients, rnd, cfg.seed)
+            t0 = time.perf_counter()
+            stacked.mix(A, ys, [1.0] * cfg.num_clients)
+            t_mix = time.perf_counter() - t0
+            torch.set_num_threads(1)
+        times.append((t_train, t_eval, t_mix))
     out.put((worker, times))
 
 
-def reference(overrides: list[str], rounds: int, workers: int = 2) -> list[float]:
-    """Per-round seconds of the zero-overhead fused loop (the slower of ``workers`` processes' training,
-    plus the evaluation)."""
+def reference(overrides: list[str], rounds: int, workers: int = 2) -> tuple[list[float], list[float]]:
+    """Per-round seconds of the zero-overhead fused loop (the slower of ``workers`` processes' training, plus the
+    evaluation), and the same plus the gossip mixing of all M models (gossip workloads; else equal)."""
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(workers), ctx.Queue()
     procs = [ctx.Process(target=_reference_worker, args=(overrides, rounds, w, workers, barrier, out))
@@ -118,7 +135,8 @@ def reference(overrides: list[str], rounds: int, workers: int = 2) -> list[float
                 raise RuntimeError("a reference process failed (its traceback is above)") from None
     for p in procs:
         p.join()
-    return [max(got[w][r][0] for w in got) + got[0][r][1] for r in range(rounds)]
+    base = [max(got[w][r][0] for w in got) + got[0][r][1] for r in range(rounds)]
+    return base, [b + got[0][r][2] for r, b in enumerate(base)]
 
 
 def main() -> None:
@@ -132,18 +150,22 @@ def main() -> None:
     rows = {}
     for name in names:
         over = WORKLOADS[name]
-        ref, runs = [], []
+        ref, ref_mix, runs = [], [], []
         for _ in range(args.repeats):
-            ref += reference(over, args.rounds)[1:]
+            base, with_mix = reference(over, args.rounds)
+            ref, ref_mix = ref + base[1:], ref_mix + with_mix[1:]
             runs.append(fedlab_run(args.rounds, *over))
         steady = [t for r in runs for t in r["steady_rounds_s"]]
-        fed_s, ref_s = statistics.median(steady), statistics.median(ref)
+        fed_s, ref_s, mix_s = statistics.median(steady), statistics.median(ref), statistics.median(ref_mix)
+        mixing = {"reference_with_mixing_round_s": mix_s, "overhead_over_reference_with_mixing": fed_s / mix_s - 1,
+                  "reference_with_mixing_rounds_s": ref_mix} if mix_s != ref_s else {}
         rows[name] = {"overrides": over, "fedlab_round_s": fed_s, "reference_round_s": ref_s,
-                      "overhead": fed_s / ref_s - 1, "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
+                      "overhead": fed_s / ref_s - 1, **mixing, "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
                       "launch_to_round1_s": statistics.median(r["launch_to_round1_s"] for r in runs),
                       "fedlab_steady_rounds_s": steady, "reference_rounds_s": ref, "runs": runs}
         print(f"{name}: fedlab {fed_s:.2f} s/round, reference {ref_s:.2f} s, overhead {fed_s / ref_s - 1:+.0%}, "
-              f"peak PSS {rows[name]['peak_pss_mb']:.0f} MB", flush=True)
+              + (f"reference with the mixing {mix_s:.2f} s, overhead {fed_s / mix_s - 1:+.0%}, " if mixing else "")
+              + f"peak PSS {rows[name]['peak_pss_mb']:.0f} MB", flush=True)
     out = Path(args.out)
     old = json.loads(out.read_text())["workloads"] if out.exists() and args.only else {}
     res = {"what": "peak PSS and steady seconds per round of `fedlab run` against a zero-overhead fused loop "
