@@ -375,6 +375,15 @@ def superexec_alive(d: Path) -> bool | None:
     return False
 
 
+def superlink_report(d: Path) -> str:
+    """One line for ``fedlab deploy status``: where the SuperLink keeps its state, and whether its SuperExec runs."""
+    alive = superexec_alive(d)
+    superexec = ("running" if alive else "cannot tell" if alive is None
+                 else "EXITED: no run will start; `fedlab deploy run` restarts the SuperLink first")
+    where = load_state(d).get("superlink_state", "sqlite")  # federations made before the choice had SQLite
+    return f"SuperLink state: {where}; its SuperExec (starts each run's ServerApp): {superexec}"
+
+
 def heal_superlink(d: Path, wait: float = 60.0) -> bool:
     """Restart the SuperLink of local deployment ``d`` if its SuperExec has exited (:func:`superexec_alive`); the
     SuperNodes reconnect on their own and its database keeps the registered nodes. True if it was restarted."""

@@ -92,8 +92,11 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "status":
         a = ap.parse_args(rest)
-        for p in deploy.load_state(a.dir)["processes"]:
+        state = deploy.load_state(a.dir)
+        for p in state["processes"]:
             print(f"{p['name']:>12}  pid {p['pid']:>7}  {'running' if deploy._alive(p['pid']) else 'stopped'}")
+        if state["processes"]:
+            print(deploy.superlink_report(a.dir))
         res = deploy.flwr(a.dir, "supernode", "ls", deploy.CONNECTION, "--format", "json", timeout=30)
         print(res.stdout.strip() or res.stderr.strip())
         return 0

@@ -63,11 +63,13 @@ def fake_federation(tmp_path):
 def test_a_live_superexec_is_seen_and_a_dead_one_too(fake_federation):
     d, child_file = fake_federation
     assert deploy.superexec_alive(d) is True
+    assert deploy.superlink_report(d).endswith("ServerApp): running")
     os.kill(_child_pid(child_file), signal.SIGKILL)  # as Flower's SuperExec exits after giving up
     t0 = time.monotonic()
     while deploy.superexec_alive(d) and time.monotonic() - t0 < 10:
         time.sleep(0.05)
     assert deploy.superexec_alive(d) is False
+    assert "EXITED" in deploy.superlink_report(d)
 
 
 def test_heal_restarts_a_superlink_without_superexec_and_leaves_a_sound_one(fake_federation):
