@@ -97,6 +97,7 @@ def test_resume_gives_the_same_run(runs):
     assert [[r[c] for c in cols] for r in rd_a.read_metrics()] == [[r[c] for c in cols] for r in rd_b.read_metrics()]
 
 
+@pytest.mark.slow  # 21 s: kept out of the default suite's 5 minutes
 def test_fedavg_one_client_equals_centralized(tmp_path, rounds=2, epochs=1, momentum=0.9):
     """FedAvg with one client == plain SGD over the same shard for rounds*epochs epochs, same data order.
 

@@ -115,6 +115,7 @@ def test_a_run_takes_the_early_instance_over_when_its_arguments_match():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow  # 8.5 s: kept out of the default suite's 5 minutes
 def test_a_config_error_through_the_script_leaves_no_ray_process():
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     try:
