@@ -190,6 +190,11 @@ def register(d: Path, pub: Path) -> None:
 SUPERLINK_STATES = ("memory", "sqlite")  # where the SuperLink keeps nodes, runs and messages
 
 
+def check_superlink_state(state: str) -> None:
+    if state not in SUPERLINK_STATES:
+        raise ValueError(f"SuperLink state {state!r}; allowed: {', '.join(SUPERLINK_STATES)}")
+
+
 def start_superlink(d: Path, host: str, port: int, tls: bool, auth: bool, state: str = "memory") -> subprocess.Popen:
     """Start the SuperLink (certificates made on first use); writes the ``fedlab`` connection.
 
@@ -197,8 +202,7 @@ def start_superlink(d: Path, host: str, port: int, tls: bool, auth: bool, state:
     SQLite, ``results/bench/deploy_memory_state.json``), or "sqlite", a database in ``d`` that keeps the
     registered nodes and their ids across a restart. After a restart in memory, :func:`restart` registers the
     node keys again."""
-    if state not in SUPERLINK_STATES:
-        raise ValueError(f"SuperLink state {state!r}; allowed: {', '.join(SUPERLINK_STATES)}")
+    check_superlink_state(state)
     cmd = [str(BIN / "flower-superlink"), "--host", host, "--port", str(port)]
     ca = None
     if tls:
@@ -248,8 +252,7 @@ def up(d: Path, nodes: int, host: str = "127.0.0.1", port: int = 9300, tls: bool
     SuperLink keeps its state in ``superlink_state`` (:func:`start_superlink`)."""
     if poll is not None:
         flower_waits.ShortSleeps(poll)
-    if superlink_state not in SUPERLINK_STATES:
-        raise ValueError(f"SuperLink state {superlink_state!r}; allowed: {', '.join(SUPERLINK_STATES)}")
+    check_superlink_state(superlink_state)  # before anything starts
     d.mkdir(parents=True, exist_ok=True)
     if any(_alive(p["pid"]) for p in load_state(d)["processes"]):
         raise AlreadyRunning(f"{d} already runs processes; `fedlab deploy down --dir {d}` first")
@@ -279,23 +282,24 @@ def restart(d: Path, wait: float = 60.0) -> list[str]:
     """
     state = load_state(d)
     dead = [p for p in state["processes"] if not _alive(p["pid"])]
-    if any(p["name"] == "superlink" and ":flwr-in-memory:" in p["cmd"] for p in dead):
+    forgetful = any(p["name"] == "superlink" and ":flwr-in-memory:" in p["cmd"] for p in dead)
+    if forgetful:  # its SuperNodes' ids are gone with it
         for p in state["processes"]:
             if p["name"].startswith("supernode") and p not in dead:
                 stop_process(p["pid"])
                 dead.append(p)
     state["processes"] = [p for p in state["processes"] if p not in dead]
     save_state(d, state)
-    for p in sorted(dead, key=lambda p: (p["name"] != "superlink", p["name"] != "prefork", p["name"])):
+    dead.sort(key=lambda p: (p["name"] != "superlink", p["name"] != "prefork", p["name"]))
+    for p in dead:
         start_process(d, p["name"], p["cmd"])
         if p["name"] == "superlink":
             host, port = state["address"].rsplit(":", 1)
             wait_port(host, int(port), wait)
-            if state.get("auth") and ":flwr-in-memory:" in p["cmd"]:  # it forgot the registered nodes
+            if forgetful and state.get("auth"):  # register the node keys again
                 for pub in sorted((d / "keys").glob("node*.pub")):
                     register(d, pub)
-    return [p["name"] for p in sorted(dead, key=lambda p: (p["name"] != "superlink", p["name"] != "prefork",
-                                                           p["name"]))]
+    return [p["name"] for p in dead]
 
 
 def _alive(pid: int) -> bool:
@@ -385,8 +389,8 @@ def superlink_report(d: Path) -> str:
 
 
 def heal_superlink(d: Path, wait: float = 60.0) -> bool:
-    """Restart the SuperLink of local deployment ``d`` if its SuperExec has exited (:func:`superexec_alive`); the
-    SuperNodes reconnect on their own and its database keeps the registered nodes. True if it was restarted."""
+    """Restart the SuperLink of local deployment ``d`` if its SuperExec has exited (:func:`superexec_alive`), as
+    :func:`restart` restarts a killed one (with its SuperNodes when its state is in memory). True if it was."""
     if superexec_alive(d) is not False:
         return False
     sl = next(p for p in load_state(d)["processes"] if p["name"] == "superlink")
