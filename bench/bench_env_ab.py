@@ -9,6 +9,9 @@
 - ``NUMPY_MADVISE_HUGEPAGE`` (NumPy's own switch, read at import): NumPy marks its large arrays for transparent
   huge pages (``madvise``), so that their first touch may wait for the kernel to gather 2 MB pages; 0 leaves them
   4 KB pages.
+- ``FEDLAB_HEAP_KEEP``: the server process keeps the memory it frees for its next allocations (one malloc arena,
+  no mmap'd blocks, no trim; ``fedlab_app/heap.py``, ``keep``); 0 gives glibc's defaults and a trim after each
+  evaluation.
 - ``FEDLAB_OVERLAP_EVAL``: round r's record (evaluation, metrics row, checkpoint) is made in a thread beside the
   server's step on round r+1's replies (``fedlab_app/overlap.py``); 0 makes it before round r+1 is sent.
 
@@ -47,7 +50,20 @@ from bench_round import fedlab_run  # noqa: E402
 
 OUT = {"FEDLAB_RAY_LEAN": "ray_lean.json", "FEDLAB_FLAT_WIRE": "flat_wire_sim.json",
        "FEDLAB_SIM_SHORT_POLL": "sim_poll.json", "FEDLAB_OVERLAP_EVAL": "overlap_eval.json",
-       "NUMPY_MADVISE_HUGEPAGE": "numpy_hugepage.json"}
+       "NUMPY_MADVISE_HUGEPAGE": "numpy_hugepage.json", "FEDLAB_HEAP_KEEP": "heap_keep.json"}
+WHAT = {  # var -> what its runs compare (the results file's "what")
+    "FEDLAB_RAY_LEAN": "with a lean private Ray (no autoscaler monitor, log monitor or API server) and "
+                       "with Ray's full set (FEDLAB_RAY_LEAN=0)",
+    "FEDLAB_FLAT_WIRE": "with arrays crossing Flower flat (FEDLAB_FLAT_WIRE=1) and one by one (=0)",
+    "FEDLAB_SIM_SHORT_POLL": "with the simulation engine's two polls every 5 ms (FEDLAB_SIM_SHORT_POLL=1) and "
+                             "every 0.1 s, Flower's own (=0)",
+    "FEDLAB_OVERLAP_EVAL": "with round r's record (evaluation, row, checkpoint) made in a thread beside the "
+                           "server's step on round r+1's replies (FEDLAB_OVERLAP_EVAL=1) and before round r+1 "
+                           "is sent (=0)",
+    "NUMPY_MADVISE_HUGEPAGE": "with NumPy asking the kernel for huge pages for its large arrays (its default, "
+                              "NUMPY_MADVISE_HUGEPAGE=1) and not (=0)",
+    "FEDLAB_HEAP_KEEP": "with the server process keeping the memory it frees (FEDLAB_HEAP_KEEP=1) and with glibc's "
+                        "defaults and a trim after each evaluation (=0)"}
 
 
 def one(var: str, on: bool, rounds: int, overrides: list[str]) -> dict:
@@ -95,16 +111,7 @@ def main() -> None:
     medians = {k: {"launch_to_round1_s": statistics.median(r["launch_to_round1_s"] for r in v),
                    "steady_round_s": statistics.median(t for r in v for t in r["steady_rounds_s"]),
                    "peak_pss_mb": statistics.median(r["peak_pss_mb"] for r in v)} for k, v in runs.items()}
-    what = {"FEDLAB_RAY_LEAN": "with a lean private Ray (no autoscaler monitor, log monitor or API server) and "
-                               "with Ray's full set (FEDLAB_RAY_LEAN=0)",
-            "FEDLAB_FLAT_WIRE": "with arrays crossing Flower flat (FEDLAB_FLAT_WIRE=1) and one by one (=0)",
-            "FEDLAB_SIM_SHORT_POLL": "with the simulation engine's two polls every 5 ms (FEDLAB_SIM_SHORT_POLL=1) and "
-                                     "every 0.1 s, Flower's own (=0)",
-            "FEDLAB_OVERLAP_EVAL": "with round r's record (evaluation, row, checkpoint) made in a thread beside the "
-                                   "server's step on round r+1's replies (FEDLAB_OVERLAP_EVAL=1) and before round r+1 "
-                                   "is sent (=0)",
-            "NUMPY_MADVISE_HUGEPAGE": "with NumPy asking the kernel for huge pages for its large arrays (its default, "
-                                      "NUMPY_MADVISE_HUGEPAGE=1) and not (=0)"}[args.var]
+    what = WHAT[args.var]
     res = {"what": f"`fedlab run rounds=R {' '.join(args.overrides)}` {what}, interleaved pairs",
            "command": f"python bench/bench_env_ab.py --var {args.var} --pairs {args.pairs} --rounds {args.rounds} "
                       + (f"--out {args.out} " if args.out else "") + " ".join(args.overrides),

@@ -4,12 +4,15 @@ Runs ``fedlab run rounds=R [overrides]`` in a child process whose ServerApp has 
 seconds and the server thread's CPU seconds): the mode's round, the exchange with the nodes (``send`` and
 ``recv`` as the counting grid sends and gets the replies), the gossip maths, the evaluation, the checkpoint.
 The workers write their own timeline (``FEDLAB_TIMELINE``, ``fedlab_app/client_app.py``): each training
-message's handler start, data loaded and reply built. Per steady round (2..R) it reports:
+message's handler start, data loaded and reply built, and the handler thread's CPU seconds. Per steady
+round (2..R) it reports:
 
 - ``to_first_handler``: from the server's send to the first worker's handler (Flower's and Ray's delivery);
 - ``worker_phase``: from the send to the last reply back at the server;
 - ``last_reply_to_server``: from the last worker's reply built to the server having it;
-- ``between_exchanges``: from the replies back to the next round's send (the server's own work meanwhile);
+- ``between_exchanges``: from the replies back to the next round's send (the server's own work meanwhile), and
+  ``between_exchanges_steps``: the wall seconds of the timed steps that started in it, round by round;
+- ``handler_cpu_s``: each training message's handler, its thread's CPU seconds (against ``handler_s``, its wall);
 - each timed step's wall and CPU seconds per round.
 
 It measures one run, so it locates time; it does not compare versions (use ``bench_code_ab.py`` for that).
@@ -51,18 +54,20 @@ def _child(events: str, argv: list[str]) -> None:
 
     wall: dict[str, float] = collections.defaultdict(float)
     cpu: dict[str, float] = collections.defaultdict(float)
+    calls: list[tuple[str, float, float, float]] = []  # (label, start (Unix time), wall, thread CPU) of every call
 
     def timed(owner, name: str, label: str) -> None:
         f = getattr(owner, name)
 
         @functools.wraps(f)
         def g(*a, **k):
-            t, c = time.perf_counter(), time.thread_time()
+            t0, t, c = time.time(), time.perf_counter(), time.thread_time()
             try:
                 return f(*a, **k)
             finally:
                 wall[label] += time.perf_counter() - t
                 cpu[label] += time.thread_time() - c
+                calls.append((label, t0, time.perf_counter() - t, time.thread_time() - c))
         setattr(owner, name, g)
 
     for mod_name, steps in STEPS.items():
@@ -85,11 +90,20 @@ def _child(events: str, argv: list[str]) -> None:
     comm.CountingGrid.send_and_receive = send_and_receive
     import atexit
 
-    atexit.register(lambda: Path(events + ".steps").write_text(json.dumps({"wall": wall, "cpu": cpu})))
+    atexit.register(lambda: Path(events + ".steps").write_text(json.dumps({"wall": wall, "cpu": cpu, "calls": calls})))
     from fedlab_app.launch import main
 
     sys.argv = ["fedlab", *argv]
     main()
+
+
+def _steps_within(calls: list, t0: float, t1: float) -> dict[str, float]:
+    """Wall seconds per step label of the timed calls that started in [t0, t1)."""
+    out: dict[str, float] = collections.defaultdict(float)
+    for label, start, wall, _ in calls:
+        if t0 <= start < t1:
+            out[label] += wall
+    return {k: round(v, 4) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 def main() -> None:
@@ -123,7 +137,10 @@ def main() -> None:
             "to_first_handler": min((m["handler"] for m in mine), default=e["send"]) - e["send"],
             "last_reply_to_server": e["recv"] - max((m["trained"] for m in mine), default=e["recv"]),
             "between_exchanges": None if nxt is None else nxt - e["recv"],
-            "messages": len(mine), "handler_s": [m["trained"] - m["handler"] for m in mine]})
+            # the server's timed steps that started between this round's replies and the next send (wall seconds)
+            "between_exchanges_steps": None if nxt is None else _steps_within(steps.get("calls", []), e["recv"], nxt),
+            "messages": len(mine), "handler_s": [m["trained"] - m["handler"] for m in mine],
+            "handler_cpu_s": [m.get("cpu") for m in mine]})
     steady = per_round[1:]
 
     def med(key: str) -> float | None:

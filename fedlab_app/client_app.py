@@ -36,8 +36,10 @@ def process_start() -> float:
     return trace.process_start() or LOADED
 
 
-def _log_timeline(conf, t_handler: float, t_data: float, t_trained: float, run: int | None = None) -> None:
-    """Append one JSON line: process start, imports done, handler start, data + model loaded, trained."""
+def _log_timeline(conf, t_handler: float, t_data: float, t_trained: float, run: int | None = None,
+                  cpu: float | None = None) -> None:
+    """Append one JSON line: process start, imports done, handler start, data + model loaded, trained, and the
+    handler thread's CPU seconds (``cpu``: against its wall time, how much of the handler waited for a core)."""
     if trace.enabled():
         rnd = int(conf.get("server-round", 0))
         trace.mark("clientapp", "handler", t=t_handler, run=run, round=rnd, type="train")
@@ -48,7 +50,7 @@ def _log_timeline(conf, t_handler: float, t_data: float, t_trained: float, run: 
         with open(path, "a") as f:
             f.write(json.dumps({"round": int(conf.get("server-round", 0)), "pid": os.getpid(), "nth": len(_SEEN),
                                 "start": start, "loaded": max(LOADED, start), "handler": t_handler,
-                                "data": t_data, "trained": t_trained}) + "\n")
+                                "data": t_data, "trained": t_trained, "cpu": cpu}) + "\n")
 
 
 def node_for(msg: Message, context: Context, pid: int | None = None, load: bool = True) -> Node:
@@ -85,7 +87,7 @@ def train_handler(msg: Message, context: Context) -> Message:
     mode = str(conf.get("mode", ""))
     if mode not in FITS:
         raise ValueError(f"train message with mode={mode!r}; this node knows: {', '.join(sorted(FITS))}")
-    t0 = time.time()
+    t0, c0 = time.time(), time.thread_time()
     if "pids" in conf:  # several virtual clients of this node, trained together
         nodes = [node_for(msg, context, int(p), load=False) for p in conf["pids"]]
         t1 = time.time()
@@ -94,7 +96,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         node = node_for(msg, context)
         t1 = time.time()
         reply = FITS[mode](msg, node)
-    _log_timeline(conf, t0, t1, time.time(), msg.metadata.run_id)
+    _log_timeline(conf, t0, t1, time.time(), msg.metadata.run_id, time.thread_time() - c0)
     return reply
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import sys
 
-from fedlab_app import ray_start
+from fedlab_app import heap, ray_start
 
 
 def main() -> None:
     """Entry point of the ``fedlab`` script (``fedlab_app.cli.main`` once Ray's start is under way)."""
+    heap.keep()  # before any thread: the server's rounds reuse their freed memory (fedlab_app/heap.py)
     try:
         if ray_start.start_early(sys.argv[1:]):
             ray_start.wait_until_up()

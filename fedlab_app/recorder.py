@@ -199,7 +199,7 @@ class Recorder:
         num_classes = self.evaluator.data.num_classes
         if evaluate:
             self.last_eval = self.evaluator(arrays)
-            heap.trim()  # the evaluation's freed activations back to the system (fedlab_app/heap.py)
+            heap.trim()  # unless heap.keep(): the evaluation's freed activations back (fedlab_app/heap.py)
             if is_diverged(self.last_eval.get("test_loss", 0.0), num_classes) and not diverged:
                 diverged, last, checkpoint = True, True, True
                 self.stopped_at = saved  # a deferred record: the rounds after it ran, but end here
