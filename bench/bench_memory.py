@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,8 +48,9 @@ def kind(cmdline: str) -> str:
     return "other"
 
 
-def processes(pid: int) -> dict[int, tuple[str, float]]:
-    """``{pid: (kind, PSS MB)}`` for ``pid`` and all its descendants."""
+def walk(pid: int, read: Callable[[int], tuple]) -> dict[int, tuple]:
+    """``{pid: (kind, *read(pid))}`` for ``pid`` and all its descendants (a process that ends meanwhile is left
+    out)."""
     out, todo = {}, [pid]
     while todo:
         p = todo.pop()
@@ -56,14 +58,22 @@ def processes(pid: int) -> dict[int, tuple[str, float]]:
             continue
         try:
             cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            pss = next(int(line.split()[1]) for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
-                       if line.startswith("Pss:"))
-            out[p] = (kind(cmd), pss / 1024)
+            out[p] = (kind(cmd), *read(p))
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError, PermissionError, StopIteration):
             continue
     return out
+
+
+def _pss_mb(p: int) -> tuple[float]:
+    return (next(int(line.split()[1]) for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
+                 if line.startswith("Pss:")) / 1024,)
+
+
+def processes(pid: int) -> dict[int, tuple[str, float]]:
+    """``{pid: (kind, PSS MB)}`` for ``pid`` and all its descendants."""
+    return walk(pid, _pss_mb)
 
 
 def measure(rounds: int, overrides: list[str]) -> dict:

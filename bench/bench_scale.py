@@ -16,7 +16,8 @@ times the server's mixing step on M models of the same shapes (``gossip_stacked.
 round's matrix) after the evaluation, reported apart: ``reference_with_mixing_round_s`` and the overhead over it
 (the mixing is the algorithm's own work, which any D-PSGD implementation does; the plain overhead counts it as
 overhead). Runs are interleaved (reference,
-fedlab) per workload; medians over the repeats. D-PSGD skips its per-node evaluations
+fedlab) per workload; medians over the repeats. ``reference_cpu_s_per_round``: the loop's CPU seconds a round, all
+its processes (against a `fedlab run`'s whole CPU, ``bench_round_cpu.py``). D-PSGD skips its per-node evaluations
 (``strategy.node_eval_samples=0``): the consensus model is evaluated as in FedAvg.
 
     python bench/bench_scale.py --repeats 2 --rounds 5          # -> results/bench/scale.json
@@ -88,35 +89,37 @@ def _reference_worker(overrides: list[str], rounds: int, worker: int, workers: i
                    for pid in range(b * p, min((b + 1) * p, cfg.num_clients)) if pid in sampled] for b in mine]
         n0 = next(iter(nodes.values()))
         barrier.wait()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for jobs in blocks:  # one message per node, as the worker gets them
             for _, r in iter_fused(template, jobs, n0.local.norm, cfg.optimizer, batch_size=cfg.client.batch_size,
                                    lr=cfg.client.lr):
                 {k: v.detach().numpy() for k, v in r.state.items()}
-        t_train = time.perf_counter() - t0
+        t_train, c_train = time.perf_counter() - t0, time.process_time() - c0
         barrier.wait()  # both halves trained
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if evaluator is not None:  # the server's evaluation, 2 threads as in the server process
             torch.set_num_threads(2)
             evaluator(arrays)
             torch.set_num_threads(1)
-        t_eval = time.perf_counter() - t0
-        t_mix = 0.0
+        t_eval, c_eval = time.perf_counter() - t0, time.process_time() - c0
+        t_mix, c_mix = 0.0, 0.0
         if evaluator is not None and cfg.strategy.name in gossip.METHODS:  # the server's mixing of all M models
             torch.set_num_threads(2)  # as the server while the workers wait
             ys = {k: np.repeat(v[None], cfg.num_clients, axis=0) + np.float32(1e-3) * rnd for k, v in arrays.items()}
             A = gossip.matrix_at(cfg.strategy.params, cfg.num_clients, rnd, cfg.seed)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             stacked.mix(A, ys, [1.0] * cfg.num_clients)
-            t_mix = time.perf_counter() - t0
+            t_mix, c_mix = time.perf_counter() - t0, time.process_time() - c0
             torch.set_num_threads(1)
-        times.append((t_train, t_eval, t_mix))
+        times.append((t_train, t_eval, t_mix, c_train + c_eval, c_mix))  # seconds, then CPU seconds
     out.put((worker, times))
 
 
-def reference(overrides: list[str], rounds: int, workers: int = 2) -> tuple[list[float], list[float]]:
+def reference(overrides: list[str], rounds: int,
+              workers: int = 2) -> tuple[list[float], list[float], list[list[float]]]:
     """Per-round seconds of the zero-overhead fused loop (the slower of ``workers`` processes' training, plus the
-    evaluation), and the same plus the gossip mixing of all M models (gossip workloads; else equal)."""
+    evaluation), the same plus the gossip mixing of all M models (gossip workloads; else equal), and per round the
+    CPU seconds of all its processes: the training and the evaluation, and the mixing."""
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(workers), ctx.Queue()
     procs = [ctx.Process(target=_reference_worker, args=(overrides, rounds, w, workers, barrier, out))
@@ -136,7 +139,8 @@ def reference(overrides: list[str], rounds: int, workers: int = 2) -> tuple[list
     for p in procs:
         p.join()
     base = [max(got[w][r][0] for w in got) + got[0][r][1] for r in range(rounds)]
-    return base, [b + got[0][r][2] for r, b in enumerate(base)]
+    cpu = [[sum(got[w][r][3] for w in got), sum(got[w][r][4] for w in got)] for r in range(rounds)]
+    return base, [b + got[0][r][2] for r, b in enumerate(base)], cpu
 
 
 def main() -> None:
@@ -150,10 +154,10 @@ def main() -> None:
     rows = {}
     for name in names:
         over = WORKLOADS[name]
-        ref, ref_mix, runs = [], [], []
+        ref, ref_mix, ref_cpu, runs = [], [], [], []
         for _ in range(args.repeats):
-            base, with_mix = reference(over, args.rounds)
-            ref, ref_mix = ref + base[1:], ref_mix + with_mix[1:]
+            base, with_mix, cpu = reference(over, args.rounds)
+            ref, ref_mix, ref_cpu = ref + base[1:], ref_mix + with_mix[1:], ref_cpu + cpu[1:]
             runs.append(fedlab_run(args.rounds, *over))
         steady = [t for r in runs for t in r["steady_rounds_s"]]
         fed_s, ref_s, mix_s = statistics.median(steady), statistics.median(ref), statistics.median(ref_mix)
@@ -162,7 +166,10 @@ def main() -> None:
         rows[name] = {"overrides": over, "fedlab_round_s": fed_s, "reference_round_s": ref_s,
                       "overhead": fed_s / ref_s - 1, **mixing, "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
                       "launch_to_round1_s": statistics.median(r["launch_to_round1_s"] for r in runs),
-                      "fedlab_steady_rounds_s": steady, "reference_rounds_s": ref, "runs": runs}
+                      "fedlab_steady_rounds_s": steady, "reference_rounds_s": ref,
+                      "reference_cpu_s_per_round": {"training and evaluation": statistics.median(c[0] for c in ref_cpu),
+                                                    "mixing": statistics.median(c[1] for c in ref_cpu)},
+                      "runs": runs}
         print(f"{name}: fedlab {fed_s:.2f} s/round, reference {ref_s:.2f} s, overhead {fed_s / ref_s - 1:+.0%}, "
               + (f"reference with the mixing {mix_s:.2f} s, overhead {fed_s / mix_s - 1:+.0%}, " if mixing else "")
               + f"peak PSS {rows[name]['peak_pss_mb']:.0f} MB", flush=True)
