@@ -122,27 +122,41 @@ def discover(grid, node_ids: list[int], timeout_s: float = DISCOVER_TIMEOUT_S,
 
     A node that has not answered within ``timeout_s`` is asked again, up to ``attempts`` times: a deployed
     SuperNode can lose one message (seen when its SuperLink was killed and restarted while the node was
-    replying to the old run) and would otherwise leave the run waiting forever.
+    replying to the old run) and would otherwise leave the run waiting forever. A late answer to an earlier
+    attempt's query counts too: after such a restart a SuperNode was seen answering each query only once the
+    next one had arrived, so that waiting for the answer to the newest query alone never ended.
 
     Raises
     ------
     RuntimeError
-        A node answered with an error.
+        A node that has not answered otherwise answered with an error.
     TimeoutError
         Some nodes never answered; the error names them.
     """
     out: dict[int, int] = {}
     missing = list(node_ids)
+    asked: set[str] = set()  # the queries not answered yet, of every attempt
+    poll_s = REPLY_POLL_S or 0.005
     for attempt in range(1, attempts + 1):
         msgs = [Message(RecordDict({"config": ConfigRecord({"ask": "partition-id"})}), dst_node_id=n,
                         message_type="query") for n in missing]
-        for rep in grid.send_and_receive(msgs, timeout=timeout_s):
-            if rep.has_error():
-                raise RuntimeError(f"node {rep.metadata.src_node_id} did not answer the partition query: {rep.error.reason}")
-            out[int(rep.content["metrics"]["partition-id"])] = rep.metadata.src_node_id
-        missing = [n for n in node_ids if n not in out.values()]
-        if not missing:
-            return out
+        asked.update(grid.push_messages(msgs))
+        end = time.monotonic() + timeout_s
+        while True:
+            for rep in grid.pull_messages(list(asked)):
+                asked.discard(rep.metadata.reply_to_message_id)
+                if rep.has_error():
+                    if rep.metadata.src_node_id in out.values():
+                        continue  # an error to an earlier query of a node that has answered since
+                    raise RuntimeError(f"node {rep.metadata.src_node_id} did not answer the partition query: "
+                                       f"{rep.error.reason}")
+                out[int(rep.content["metrics"]["partition-id"])] = rep.metadata.src_node_id
+            missing = [n for n in node_ids if n not in out.values()]
+            if not missing:
+                return out
+            if time.monotonic() >= end:
+                break
+            time.sleep(poll_s)
         if attempt < attempts:
             log.warning("node(s) %s did not answer the partition query within %.0f s; asking again (%d of %d)",
                         missing, timeout_s, attempt + 1, attempts)
