@@ -11,7 +11,7 @@ round (2..R) it reports:
 - ``worker_phase``: from the send to the last reply back at the server;
 - ``last_reply_to_server``: from the last worker's reply built to the server having it;
 - ``between_exchanges``: from the replies back to the next round's send (the server's own work meanwhile), and
-  ``between_exchanges_steps``: the wall seconds of the timed steps that started in it, round by round;
+  ``between_exchanges_steps``: the wall seconds the timed steps spent in it, round by round;
 - ``handler_cpu_s``: each training message's handler, its thread's CPU seconds (against ``handler_s``, its wall);
 - each timed step's wall and CPU seconds per round.
 
@@ -52,8 +52,6 @@ def _child(events: str, argv: list[str]) -> None:
     """In the child: put the timers in, then run the ``fedlab`` script with ``argv``."""
     import importlib
 
-    wall: dict[str, float] = collections.defaultdict(float)
-    cpu: dict[str, float] = collections.defaultdict(float)
     calls: list[tuple[str, float, float, float]] = []  # (label, start (Unix time), wall, thread CPU) of every call
 
     def timed(owner, name: str, label: str) -> None:
@@ -65,8 +63,6 @@ def _child(events: str, argv: list[str]) -> None:
             try:
                 return f(*a, **k)
             finally:
-                wall[label] += time.perf_counter() - t
-                cpu[label] += time.thread_time() - c
                 calls.append((label, t0, time.perf_counter() - t, time.thread_time() - c))
         setattr(owner, name, g)
 
@@ -90,7 +86,7 @@ def _child(events: str, argv: list[str]) -> None:
     comm.CountingGrid.send_and_receive = send_and_receive
     import atexit
 
-    atexit.register(lambda: Path(events + ".steps").write_text(json.dumps({"wall": wall, "cpu": cpu, "calls": calls})))
+    atexit.register(lambda: Path(events + ".steps").write_text(json.dumps({"calls": calls})))
     from fedlab_app.launch import main
 
     sys.argv = ["fedlab", *argv]
@@ -98,11 +94,13 @@ def _child(events: str, argv: list[str]) -> None:
 
 
 def _steps_within(calls: list, t0: float, t1: float) -> dict[str, float]:
-    """Wall seconds per step label of the timed calls that started in [t0, t1)."""
+    """Wall seconds per step label that the timed calls spent within [t0, t1) (a call that spans the window's
+    edge, as the mode's whole round does, counts only its part inside)."""
     out: dict[str, float] = collections.defaultdict(float)
     for label, start, wall, _ in calls:
-        if t0 <= start < t1:
-            out[label] += wall
+        inside = min(start + wall, t1) - max(start, t0)
+        if inside > 0:
+            out[label] += inside
     return {k: round(v, 4) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
@@ -137,8 +135,8 @@ def main() -> None:
             "to_first_handler": min((m["handler"] for m in mine), default=e["send"]) - e["send"],
             "last_reply_to_server": e["recv"] - max((m["trained"] for m in mine), default=e["recv"]),
             "between_exchanges": None if nxt is None else nxt - e["recv"],
-            # the server's timed steps that started between this round's replies and the next send (wall seconds)
-            "between_exchanges_steps": None if nxt is None else _steps_within(steps.get("calls", []), e["recv"], nxt),
+            # the server's timed steps between this round's replies and the next send (wall seconds)
+            "between_exchanges_steps": None if nxt is None else _steps_within(steps["calls"], e["recv"], nxt),
             "messages": len(mine), "handler_s": [m["trained"] - m["handler"] for m in mine],
             "handler_cpu_s": [m.get("cpu") for m in mine]})
     steady = per_round[1:]
@@ -148,14 +146,18 @@ def main() -> None:
         return statistics.median(vals) if vals else None
 
     n = len(train)
+    totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])  # label -> wall, CPU of its calls
+    for label, _, wall, cpu in steps["calls"]:
+        totals[label][0] += wall
+        totals[label][1] += cpu
     res = {"what": "one `fedlab run`: the server's timed steps (seconds per round, wall and server-thread CPU) and "
                    "each round's exchange with the workers (their own timeline)",
            "command": "python bench/bench_timeline.py " + " ".join(sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
            "steady_medians_s": {k: med(k) for k in ("to_first_handler", "worker_phase", "last_reply_to_server",
                                                     "between_exchanges")},
-           "steps_per_round_s": {k: {"wall": v / n, "cpu": steps["cpu"][k] / n}
-                                 for k, v in sorted(steps["wall"].items(), key=lambda kv: -kv[1])},
+           "steps_per_round_s": {k: {"wall": w / n, "cpu": c / n}
+                                 for k, (w, c) in sorted(totals.items(), key=lambda kv: -kv[1][0])},
            "rounds": per_round}
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps({"steady_medians_s": res["steady_medians_s"], "steps_per_round_s": res["steps_per_round_s"]},
