@@ -12,6 +12,9 @@
 - ``FEDLAB_HEAP_KEEP``: the server process keeps the memory it frees for its next allocations (one malloc arena,
   no mmap'd blocks, no trim; ``fedlab_app/heap.py``, ``keep``); 0 gives glibc's defaults and a trim after each
   evaluation.
+- ``FEDLAB_EARLY_RECORD``: in a simulation, round r's record starts as soon as a core is free of the nodes'
+  training in round r+1 (W - 1 replies outstanding with W nodes at once; ``fedlab_app/driver.py``,
+  ``free_core_at``); 0 starts it after round r+1's last reply.
 - ``FEDLAB_OVERLAP_EVAL``: round r's record (evaluation, metrics row, checkpoint) is made in a thread beside the
   server's step on round r+1's replies (``fedlab_app/overlap.py``); 0 makes it before round r+1 is sent.
 
@@ -50,7 +53,8 @@ from bench_round import fedlab_run  # noqa: E402
 
 OUT = {"FEDLAB_RAY_LEAN": "ray_lean.json", "FEDLAB_FLAT_WIRE": "flat_wire_sim.json",
        "FEDLAB_SIM_SHORT_POLL": "sim_poll.json", "FEDLAB_OVERLAP_EVAL": "overlap_eval.json",
-       "NUMPY_MADVISE_HUGEPAGE": "numpy_hugepage.json", "FEDLAB_HEAP_KEEP": "heap_keep.json"}
+       "NUMPY_MADVISE_HUGEPAGE": "numpy_hugepage.json", "FEDLAB_HEAP_KEEP": "heap_keep.json",
+       "FEDLAB_EARLY_RECORD": "early_record.json"}
 WHAT = {  # var -> what its runs compare (the results file's "what")
     "FEDLAB_RAY_LEAN": "with a lean private Ray (no autoscaler monitor, log monitor or API server) and "
                        "with Ray's full set (FEDLAB_RAY_LEAN=0)",
@@ -63,7 +67,9 @@ WHAT = {  # var -> what its runs compare (the results file's "what")
     "NUMPY_MADVISE_HUGEPAGE": "with NumPy asking the kernel for huge pages for its large arrays (its default, "
                               "NUMPY_MADVISE_HUGEPAGE=1) and not (=0)",
     "FEDLAB_HEAP_KEEP": "with the server process keeping the memory it frees (FEDLAB_HEAP_KEEP=1) and with glibc's "
-                        "defaults and a trim after each evaluation (=0)"}
+                        "defaults and a trim after each evaluation (=0)",
+    "FEDLAB_EARLY_RECORD": "with round r's record starting as soon as a core is free of round r+1's training "
+                           "(FEDLAB_EARLY_RECORD=1) and after round r+1's last reply (=0)"}
 
 
 def one(var: str, on: bool, rounds: int, overrides: list[str]) -> dict:

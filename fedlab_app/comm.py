@@ -10,6 +10,7 @@ Per-node counts are kept by partition id when the reply carries it, else by Flow
 from __future__ import annotations
 
 from collections import defaultdict
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,6 +18,8 @@ from flwr.app import Message
 
 from fedlab_app import trace, wire
 from fedlab_app.overlap import Overlap, RunEnded
+
+POLL_S = 0.005  # how often an exchange that watches its outstanding replies asks for them (as sim_waits.POLL_S)
 
 
 def message_bytes(msg: Message) -> int:
@@ -97,8 +100,12 @@ class CountingGrid:
     """
 
     def __init__(self, grid: Any, ledger: Ledger, node_names: dict[int, Any] | None = None,
-                 flat: bool = wire.ENABLED) -> None:
+                 flat: bool = wire.ENABLED, free_core_at: int | None = None) -> None:
         self._grid = grid
+        # outstanding replies at which a core of this machine is free (simulated nodes share it: with W of them
+        # training at once, W - 1): the last round's record starts then instead of after the last reply; None:
+        # after the last reply (nodes elsewhere, or their number unknown)
+        self.free_core_at = free_core_at
         self.flat = flat  # arrays cross Flower flat (fedlab_app/wire.py); counted as built either way
         self.ledger = ledger
         self.node_names = node_names if node_names is not None else {}
@@ -158,8 +165,8 @@ class CountingGrid:
             trace.tag_rounds(messages)
             trace.mark("server", "send", **trace.about(messages[0]))
         with wire.flat_while_sent(messages, self.flat):
-            replies = wire.decoded(self._grid.send_and_receive(messages, timeout=timeout))
-        if self.overlap.start():  # the last round's record starts beside the server's step on these replies
+            replies, ended = self._exchange(messages, timeout)
+        if ended:
             raise RunEnded("an earlier round's evaluation ended the run; this round's replies are dropped")
         if messages and trace.enabled():
             trace.mark("server", "replies", **trace.about(messages[0]))
@@ -174,6 +181,32 @@ class CountingGrid:
             for r in replies:
                 self._count("up", self.name_of(r), r)
         return replies
+
+    def _exchange(self, messages: list[Message], timeout: float | None) -> tuple[list[Message], bool]:
+        """Push ``messages``, wait for their replies (decoded) and start the last round's deferred record: once
+        no more than ``free_core_at`` replies are outstanding (a core the nodes no longer use), else after the last
+        one, beside the server's step on them. Returns the replies and whether the run must end (that record's
+        predecessor found it diverged)."""
+        if self.free_core_at is None or not self.overlap.waiting():
+            replies = wire.decoded(self._grid.send_and_receive(messages, timeout=timeout))
+            return replies, self.overlap.start()
+        waiting = set(self._grid.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        started, ended = False, False
+        while True:
+            if not started and len(waiting) <= self.free_core_at:
+                started, ended = True, self.overlap.start()
+            if not waiting or (end is not None and time.monotonic() >= end):
+                break
+            got = list(self._grid.pull_messages(waiting))
+            replies += got
+            waiting -= {r.metadata.reply_to_message_id for r in got}
+            if waiting and not got:
+                time.sleep(POLL_S)
+        if not started:  # timed out with more replies outstanding
+            ended = self.overlap.start()
+        return wire.decoded(replies), ended
 
     def push_messages(self, messages: Iterable[Message], count: bool = True) -> list[str]:
         """Push without waiting; count each message sent (``count=False``: work re-issued after a resume,

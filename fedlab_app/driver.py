@@ -29,7 +29,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 import strategies
 from clients.schedule import lr_at, scaled_lr
-from fedlab_app import flower_waits, overlap, plots, trace, wire
+from fedlab_app import flower_waits, overlap, plots, ray_start, trace, wire
 from fedlab_app.comm import CountingGrid
 from fedlab_app.config import Config
 from fedlab_app.interrupt import RunInterrupted
@@ -164,6 +164,18 @@ def discover(grid, node_ids: list[int], timeout_s: float = DISCOVER_TIMEOUT_S,
                        f"{timeout_s:.0f} s each")
 
 
+def free_core_at(cfg: Config, grid: Any) -> int | None:
+    """How many replies of an exchange are still outstanding when a core of this machine is no longer used by the
+    nodes: in a simulation on this machine's Ray (Flower's ``InMemoryGrid``), W - 1 of W nodes training at once
+    (:func:`fedlab_app.ray_start.actors_at_once`); else None (nodes on other machines, or a Ray cluster's).
+    ``FEDLAB_EARLY_RECORD=0``: None everywhere (a round's record starts after the next exchange's last reply)."""
+    if os.environ.get("FEDLAB_EARLY_RECORD", "1") == "0" or cfg.sim.ray_address:
+        return None
+    if type(grid).__name__ != "InMemoryGrid":
+        return None
+    return ray_start.actors_at_once(cfg.sim.cpus_per_client) - 1
+
+
 class RunContext:
     """What the driver offers a mode: the config, the nodes, the plan's parts, evaluation, the failure policy."""
 
@@ -237,7 +249,8 @@ def run(cfg: Config, grid: Any, run_dir: RunDir) -> dict:
     arrays = arrays if arrays is not None else initial_arrays(cfg)
     flat = wire.flat_for(grid)  # deployed: arrays cross Flower flat; simulated: as they are (fedlab_app/wire.py)
     grid = (PromptGrid(grid) if REPLY_POLL_S > 0 else grid) if mode.uses_nodes else None
-    cgrid = CountingGrid(grid, rec.state.ledger, flat=flat) if mode.uses_nodes else None
+    cgrid = CountingGrid(grid, rec.state.ledger, flat=flat, free_core_at=free_core_at(cfg, grid)) \
+        if mode.uses_nodes else None
     ctx = RunContext(cfg, rec, cgrid, mode, total)
     ctx.planner.load_state(extra.get("planner", {}))
     if mode.uses_nodes:

@@ -48,6 +48,10 @@ class Overlap:
             raise RuntimeError("a deferred record is already waiting")
         self._pending = job
 
+    def waiting(self) -> bool:
+        """Whether a record is deferred (:meth:`defer`) and not started yet."""
+        return self._pending is not None
+
     def start(self) -> bool:
         """The replies of an exchange are in: wait for the running record (it had a round; even with nothing
         deferred, so that the driver's thread gets its threads back and a divergence is seen at once), then start

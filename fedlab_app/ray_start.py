@@ -55,6 +55,12 @@ def private_init_args(verbose: bool) -> dict:
             "_system_config": {"preload_python_modules": list(WORKER_PRELOAD)}}
 
 
+def actors_at_once(cpus_per_client: float) -> int:
+    """How many simulated nodes the private Ray instance (:func:`private_init_args`: this machine's cores) runs at
+    once, each asking ``cpus_per_client`` CPUs."""
+    return max(1, int((os.cpu_count() or 1) // cpus_per_client))
+
+
 def lean(init_args: dict) -> bool:
     """Whether a Ray instance started with ``init_args`` does without Ray's services that a quiet private
     instance never uses: a private instance (``address="local"``) of a run that is not verbose, unless the

@@ -130,7 +130,7 @@ def clients_per_worker(cfg: config.Config) -> int:
     spec = strategies.REGISTRY[cfg.strategy.name]
     if not strategies.packs(cfg) or cfg.sim.ray_address:  # a cluster: spread them
         return 1
-    workers = max(1, int((os.cpu_count() or 1) // cfg.sim.cpus_per_client))
+    workers = ray_start.actors_at_once(cfg.sim.cpus_per_client)
     per_worker = math.ceil(cfg.num_clients / workers)
     block_sums = spec.mode is None and spec.build(cfg).block_rule() is not None
     return max(1, per_worker if block_sums else min(per_worker, MAX_AUTO_PACKING))

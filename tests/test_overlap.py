@@ -84,6 +84,90 @@ def test_a_record_that_failed_is_raised_in_the_drivers_thread_and_nothing_after_
     assert records.settle() is False and ran == []
 
 
+class TwoWorkerGrid:
+    """A Flower grid of nodes that share this machine's cores: every reply but the last comes at once; the last
+    comes once a record has started (``started`` is set) or after ``hold_s``. ``outstanding_at_start``: how many
+    replies the exchange still waited for when the record started."""
+
+    def __init__(self, started: threading.Event, hold_s: float = 2.0) -> None:
+        self.started, self.hold_s, self.sent = started, hold_s, []
+
+    def push_messages(self, messages):
+        self.sent = list(messages)
+        self.t0 = time.monotonic()
+        return [str(i) for i in range(len(self.sent))]
+
+    def pull_messages(self, ids):
+        last = str(len(self.sent) - 1)
+        ready = [i for i in ids if i != last or self.started.is_set() or time.monotonic() - self.t0 > self.hold_s]
+        return [Message(RecordDict({"metrics": MetricRecord({"partition-id": int(i)})}), reply_to=self._held(i))
+                for i in ready]
+
+    def _held(self, i: str) -> Message:
+        m = self.sent[int(i)]
+        m.metadata.__dict__["_message_id"] = i  # the id push_messages gave it (Flower's replies point at it)
+        return m
+
+
+def test_a_record_starts_as_soon_as_a_core_is_free_of_the_nodes_training():
+    started, box = threading.Event(), {}
+    grid = CountingGrid(TwoWorkerGrid(started), Ledger(), free_core_at=1)  # 2 nodes train at once
+    grid.overlap.defer(lambda: box.setdefault("at", time.monotonic()) and started.set() or False)
+    t0 = time.monotonic()
+    replies = grid.send_and_receive([_msg() for _ in range(4)])  # 3 replies at once, the 4th held
+    assert len(replies) == 4 and grid.ledger.messages["up"] == 4
+    assert time.monotonic() - t0 < 1.5  # the held reply came because the record started, not after hold_s
+    assert grid.overlap.settle() is False and started.is_set()
+
+
+def test_without_a_free_core_the_record_starts_after_the_last_reply():
+    started = threading.Event()
+    grid = CountingGrid(TwoWorkerGrid(started, hold_s=0.3), Ledger(), free_core_at=None)
+    grid._grid.send_and_receive = lambda msgs, timeout=None: _pull_all(grid._grid, msgs)
+    grid.overlap.defer(lambda: started.set() or False)
+    t0 = time.monotonic()
+    assert len(grid.send_and_receive([_msg() for _ in range(4)])) == 4
+    assert time.monotonic() - t0 >= 0.3  # the held reply waited its hold_s: nothing started before it
+    assert grid.overlap.settle() is False and started.is_set()
+
+
+def _pull_all(grid: TwoWorkerGrid, msgs) -> list[Message]:
+    ids, out = set(grid.push_messages(msgs)), []
+    while ids:
+        got = grid.pull_messages(ids)
+        out += got
+        ids -= {r.metadata.reply_to_message_id for r in got}
+        time.sleep(0.005)
+    return out
+
+
+def test_a_record_started_early_that_ends_the_run_drops_the_replies():
+    started = threading.Event()
+    grid = CountingGrid(TwoWorkerGrid(started, hold_s=0.2), Ledger(), free_core_at=1)
+    grid.overlap.defer(lambda: True)  # round r diverged
+    grid.send_and_receive([_msg() for _ in range(2)])  # round r's record starts with one reply outstanding
+    grid.overlap.defer(lambda: False)
+    with pytest.raises(RunEnded):
+        grid.send_and_receive([_msg() for _ in range(2)])
+    assert grid.ledger.messages["up"] == 2
+
+
+def test_free_core_at_is_known_only_for_a_simulation_on_this_machines_ray(monkeypatch):
+    class InMemoryGrid:  # Flower's simulation grid, by name
+        pass
+
+    def cfg(*overrides):
+        return config.parse(config.flatten(compose(*overrides)))
+
+    monkeypatch.setattr(driver.os, "cpu_count", lambda: 4)
+    assert driver.free_core_at(cfg(), InMemoryGrid()) == 3  # 4 nodes at once: a core is free at 3 outstanding
+    assert driver.free_core_at(cfg("sim.cpus_per_client=2"), InMemoryGrid()) == 1
+    assert driver.free_core_at(cfg(), EchoGrid()) is None  # deployed: the nodes are elsewhere
+    assert driver.free_core_at(cfg("sim.ray_address=auto"), InMemoryGrid()) is None
+    monkeypatch.setenv("FEDLAB_EARLY_RECORD", "0")
+    assert driver.free_core_at(cfg(), InMemoryGrid()) is None
+
+
 class FakeMode:
     """One exchange a round; the last round's model is overwritten before it (the deferred record must not
     see it); ``fail_at``: a node failure before that round's exchange; ``diverge_at``: a model that explodes."""
